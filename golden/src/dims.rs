@@ -1,0 +1,57 @@
+//! Shapes read from files are untrusted: `Shape::n()` and `Stage::len()` multiply without
+//! overflow checks, so every shape is proven small enough before anything derives sizes from it.
+
+use fusegate_kernels::Shape;
+
+/// Err(reason) when any size the op derives from `s` would overflow `usize`.
+pub(crate) fn check_shape(s: &Shape) -> Result<(), String> {
+    let fits = || -> Option<()> {
+        let n = s.nkv.checked_mul(2)?.checked_add(s.nq)?.checked_mul(s.d)?;
+        // Largest element counts of any tensor: x/a/b [t, h], qkv [n, h], q/k/v [t, <= n];
+        // times 4 so that byte counts of f32 views cannot overflow either.
+        for elems in [
+            s.t.checked_mul(s.h)?,
+            n.checked_mul(s.h)?,
+            s.t.checked_mul(n)?,
+        ] {
+            elems.checked_mul(4)?;
+        }
+        Some(())
+    };
+    fits().ok_or_else(|| {
+        format!(
+            "shape t={} h={} nq={} nkv={} d={} overflows usize",
+            s.t, s.h, s.nq, s.nkv, s.d
+        )
+    })
+}
+
+/// "t=3 h=64 nq=4 nkv=2 d=16": how shapes appear in messages and summaries.
+pub(crate) fn describe(s: &Shape) -> String {
+    format!("t={} h={} nq={} nkv={} d={}", s.t, s.h, s.nq, s.nkv, s.d)
+}
+
+/// "h=64 nq=4 nkv=2 d=16": a weight set's dims (weights have no token count).
+pub(crate) fn describe_weights(s: &Shape) -> String {
+    format!("h={} nq={} nkv={} d={}", s.h, s.nq, s.nkv, s.d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflowing_shapes_are_rejected_not_multiplied() {
+        assert!(check_shape(&Shape::qwen3_06b(256)).is_ok());
+        let huge = Shape {
+            t: usize::MAX / 2,
+            ..Shape::qwen3_06b(1)
+        };
+        assert!(check_shape(&huge).is_err());
+        let wide = Shape {
+            nkv: usize::MAX / 2 + 1,
+            ..Shape::qwen3_06b(1)
+        };
+        assert!(check_shape(&wide).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! fusegate's harness: compares candidates with PyTorch goldens (ULP histograms, bit-exact
+//! fractions, error against fp64 truth relative to PyTorch's own), judges contracts, checks
+//! determinism and batch invariance, and lists the trials every front end runs.
+
+pub mod backends;
+pub mod conform;
+pub mod invariance;
+pub mod metrics;
+pub mod results;
+pub mod trials;
+pub mod truth;
+pub mod verdict;
+
+pub use trials::{BackendSlot, Check, Outcome, Suite, Trial, TrialReport};
+pub use verdict::Verdict;

@@ -1,0 +1,260 @@
+//! The conformance results file and the table people read.
+//!
+//! Schema `fusegate-conformance-v1` (results/conformance-<backend>.json):
+//! - `schema`, `backend` (what ran), `environment` (fingerprint of the machine and build),
+//!   `golden` (the manifest's provenance: torch, transformers, CUDA, cuBLAS, GPU),
+//! - `summary`: {passed, failed, ignored, seconds},
+//! - `trials`: one object per trial: `name` (backend/entry/case), `backend`, `entry`, `mutant_of`,
+//!   `check` ("golden" with `case`, or "invariance"), `outcome` ("passed" | "failed" | "ignored")
+//!   with `reason`, `verdict` (the contract's: "pass" or "fail" with `reasons`), `stages` (per
+//!   stage: ULP histogram, bit-exact count, max ulp, mean signed ulp, max abs/rel error, relative L2
+//!   error of candidate and golden against both fp64 truths, error ratios, the bound applied),
+//!   `invariance` (determinism, batch invariance, what differed), `agreement_with_cpu` (GPU
+//!   backends: per stage bit-exact fraction and max ulp against the CPU emulation), `seconds`.
+
+use crate::trials::{Check, Outcome, TrialReport};
+use fusegate_golden::Provenance;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+pub const SCHEMA: &str = "fusegate-conformance-v1";
+
+/// Where and with what a run happened: results without it cannot be compared.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    pub host: String,
+    pub os: String,
+    pub arch: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub fusegate_version: &'static str,
+    pub git_commit: String,
+    pub utc: String,
+    /// GPU facts, filled by the CUDA backend when it ran.
+    pub device: Option<String>,
+}
+
+impl Environment {
+    pub fn capture(device: Option<String>) -> Environment {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Environment {
+            host: read("/proc/sys/kernel/hostname").trim().to_string(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            fusegate_version: env!("CARGO_PKG_VERSION"),
+            git_commit: option_env!("FUSEGATE_GIT_COMMIT")
+                .unwrap_or("unknown")
+                .to_string(),
+            utc: utc_now(),
+            device,
+        }
+    }
+}
+
+/// The checkout's commit (with "-dirty" for local changes), or what the bundle recorded.
+fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(c) if !c.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty { format!("{c}-dirty") } else { c }
+        }
+        _ => std::env::var("FUSEGATE_GIT_COMMIT").unwrap_or_else(|_| "unknown".into()),
+    }
+}
+
+/// UTC time as RFC 3339, without a date crate.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub ignored: usize,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConformanceRun {
+    pub schema: &'static str,
+    pub backend: String,
+    pub environment: Environment,
+    pub golden: Provenance,
+    pub summary: Summary,
+    pub trials: Vec<TrialReport>,
+}
+
+impl ConformanceRun {
+    pub fn new(
+        backend: String,
+        environment: Environment,
+        golden: Provenance,
+        trials: Vec<TrialReport>,
+        seconds: f64,
+    ) -> Self {
+        let mut summary = Summary {
+            seconds,
+            ..Summary::default()
+        };
+        for t in &trials {
+            match t.outcome {
+                Outcome::Passed => summary.passed += 1,
+                Outcome::Failed(_) => summary.failed += 1,
+                Outcome::Ignored(_) => summary.ignored += 1,
+            }
+        }
+        ConformanceRun {
+            schema: SCHEMA,
+            backend,
+            environment,
+            golden,
+            summary,
+            trials,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.summary.failed == 0
+    }
+
+    /// One line per trial, grouped by entry, then a line per entry with its pass count.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<8} {:<24} {:<28} {:<9} {:>10} {:>7} {:>8}  note",
+            "backend", "entry", "case", "verdict", "C exact %", "C ulp", "C ratio"
+        );
+        for t in &self.trials {
+            let case = match &t.check {
+                Check::Golden { case } => case.as_str(),
+                Check::Invariance => "(invariance)",
+            };
+            let verdict = match (&t.outcome, t.mutant_of.is_some()) {
+                (Outcome::Passed, false) => "PASS",
+                (Outcome::Passed, true) => "REJECTED",
+                (Outcome::Failed(_), false) => "FAIL",
+                (Outcome::Failed(_), true) => "ACCEPTED!",
+                (Outcome::Ignored(_), _) => "ignored",
+            };
+            let (exact, ulp, ratio) = match t.stage_c() {
+                Some((e, u, r)) => (
+                    format!("{:.3}", 100.0 * e),
+                    u.to_string(),
+                    format!("{r:.3}"),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let note = note(t);
+            let _ = writeln!(
+                s,
+                "{:<8} {:<24} {:<28} {:<9} {:>10} {:>7} {:>8}  {note}",
+                t.backend, t.entry, case, verdict, exact, ulp, ratio
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n{} passed, {} failed, {} ignored in {:.1} s",
+            self.summary.passed, self.summary.failed, self.summary.ignored, self.summary.seconds
+        );
+        s
+    }
+}
+
+/// The one thing worth reading about a trial, on its line.
+fn note(t: &TrialReport) -> String {
+    match (&t.outcome, &t.invariance) {
+        (Outcome::Failed(r) | Outcome::Ignored(r), _) => first_line(r),
+        (Outcome::Passed, Some(inv)) => format!(
+            "deterministic: {}, batch-invariant: {} (T in {:?})",
+            yes(inv.deterministic),
+            yes(inv.batch_invariant),
+            inv.token_counts
+        ),
+        (Outcome::Passed, None) => match &t.verdict {
+            Some(crate::verdict::Verdict::Fail { reasons }) => {
+                format!("rejected: {}", first_line(&reasons[0]))
+            }
+            _ => String::new(),
+        },
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "NO" }
+}
+
+fn first_line(s: &str) -> String {
+    const MAX: usize = 110;
+    let s = s.lines().next().unwrap_or("");
+    if s.len() > MAX {
+        format!("{}...", &s[..s.floor_char_boundary(MAX)])
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so a reader
+/// never sees half a file and a failed write loses nothing already there.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -1,0 +1,197 @@
+//! Judging a candidate's stages against a contract: Pass, or Fail with every reason (which stage,
+//! which metric, which bound, the first offending indices).
+
+use crate::metrics::{self, Comparison};
+use crate::truth::Truths;
+use fusegate_kernels::{Contract, Observed, Shape, Stage, StageBound, Truth};
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail { reasons: Vec<String> },
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+    fn from_reasons(reasons: Vec<String>) -> Verdict {
+        if reasons.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail { reasons }
+        }
+    }
+}
+
+/// Everything measured on one stage, bounded or not.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    pub stage: Stage,
+    pub comparison: Comparison,
+    /// Relative L2 errors against the exact op and against the golden's own operands.
+    pub rel_l2_ideal: f64,
+    pub rel_l2_golden_ideal: f64,
+    pub rel_l2_operands: f64,
+    pub rel_l2_golden_operands: f64,
+    /// Candidate's error over PyTorch's against each truth.
+    pub error_ratio_ideal: f64,
+    pub error_ratio_operands: f64,
+    pub bound: Option<StageBound>,
+}
+
+impl StageReport {
+    pub fn error_ratio(&self, truth: Truth) -> f64 {
+        match truth {
+            Truth::IdealMath => self.error_ratio_ideal,
+            Truth::GoldenOperands => self.error_ratio_operands,
+        }
+    }
+}
+
+/// A flat index as coordinates in the stage's dims, e.g. q[3, 7, 100].
+pub fn coords(stage: Stage, shape: &Shape, flat: usize) -> String {
+    let dims = stage.dims(shape);
+    let mut rest = flat;
+    let mut idx = vec![0; dims.len()];
+    for (slot, &d) in idx.iter_mut().zip(&dims).rev() {
+        *slot = rest % d;
+        rest /= d;
+    }
+    let inner: Vec<String> = idx.iter().map(usize::to_string).collect();
+    format!("{stage}[{}]", inner.join(", "))
+}
+
+fn list(stage: Stage, shape: &Shape, flats: &[usize]) -> String {
+    flats
+        .iter()
+        .map(|&i| coords(stage, shape, i))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks one stage against its bound; returns the reasons it fails.
+fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String> {
+    let (s, c) = (report.stage, &report.comparison);
+    let mut why = Vec::new();
+    if c.class_mismatches > 0 {
+        why.push(format!(
+            "{s}: {} NaN/Inf positions differ from PyTorch (first: {})",
+            c.class_mismatches,
+            list(s, shape, &c.first_class_mismatch)
+        ));
+    }
+    if let Some(max_ulp) = bound.max_ulp.map(u64::from)
+        && c.max_scaled_ulp > max_ulp
+    {
+        why.push(format!(
+            "{s}: max ulp {} > {max_ulp} (at {})",
+            c.max_scaled_ulp,
+            list(s, shape, &c.offenders_over(max_ulp))
+        ));
+    }
+    if c.bit_exact_fraction() < bound.min_bit_exact {
+        why.push(format!(
+            "{s}: bit-exact {:.4}% < {:.4}% (worst at {})",
+            100.0 * c.bit_exact_fraction(),
+            100.0 * bound.min_bit_exact,
+            list(s, shape, &c.worst.iter().map(|w| w.0).collect::<Vec<_>>())
+        ));
+    }
+    if let Some(max) = bound.max_error_ratio {
+        let ratio = report.error_ratio(bound.truth);
+        if ratio.is_nan() || ratio > max {
+            why.push(format!(
+                "{s}: error ratio to {} truth {ratio:.3} > {max}",
+                match bound.truth {
+                    Truth::IdealMath => "ideal",
+                    Truth::GoldenOperands => "golden-operand",
+                }
+            ));
+        }
+    }
+    why
+}
+
+/// Measures every stage the candidate observed and judges the bounded ones.
+///
+/// Stage C (q, k, v) and the head norms must be present; an unobserved intermediate stage (A, B
+/// or inv_rms inside a fused kernel) is not judged.
+pub fn evaluate(
+    contract: &Contract,
+    candidate: &Observed,
+    golden: &Observed,
+    truths: &Truths,
+    shape: &Shape,
+) -> (Verdict, Vec<StageReport>) {
+    let mut reasons = Vec::new();
+    let mut reports = Vec::new();
+    for stage in Stage::ALL {
+        let bound = contract.bound(stage).copied();
+        let (Some(cand), Some(gold)) = (candidate.get(&stage), golden.get(&stage)) else {
+            let required =
+                Stage::C.contains(&stage) || matches!(stage, Stage::QNormed | Stage::KNormed);
+            if required && bound.is_some() {
+                reasons.push(format!("{stage}: not produced by the candidate"));
+            }
+            continue;
+        };
+        let Some(comparison) =
+            metrics::compare_stage(cand, gold, stage.len(shape) / shape.t.max(1))
+        else {
+            reasons.push(format!(
+                "{stage}: {} elements or format differ from the golden's {}",
+                cand.len(),
+                gold.len()
+            ));
+            continue;
+        };
+        let err = |truth: Truth, data| {
+            truths
+                .get(truth, stage)
+                .map_or(f64::NAN, |t| metrics::rel_l2(data, t))
+        };
+        let (ci, gi) = (err(Truth::IdealMath, cand), err(Truth::IdealMath, gold));
+        let (co, go) = (
+            err(Truth::GoldenOperands, cand),
+            err(Truth::GoldenOperands, gold),
+        );
+        let report = StageReport {
+            stage,
+            comparison,
+            rel_l2_ideal: ci,
+            rel_l2_golden_ideal: gi,
+            rel_l2_operands: co,
+            rel_l2_golden_operands: go,
+            error_ratio_ideal: metrics::error_ratio(ci, gi),
+            error_ratio_operands: metrics::error_ratio(co, go),
+            bound,
+        };
+        if let Some(b) = &bound {
+            reasons.extend(check(&report, b, shape));
+        }
+        reports.push(report);
+    }
+    (Verdict::from_reasons(reasons), reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coords_unflatten_row_major() {
+        let s = Shape {
+            t: 2,
+            h: 8,
+            nq: 3,
+            nkv: 1,
+            d: 4,
+        };
+        assert_eq!(coords(Stage::Q, &s, 0), "q[0, 0, 0]");
+        assert_eq!(coords(Stage::Q, &s, 12 + 4 + 3), "q[1, 1, 3]");
+        assert_eq!(coords(Stage::A, &s, 9), "a[1, 1]");
+    }
+}

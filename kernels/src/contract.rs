@@ -1,0 +1,79 @@
+//! Precision contracts as data: what a variant promises, stage by stage.
+//!
+//! Suites evaluate these; no threshold lives in test code. The numbers come from NUMERICS.md and
+//! from the measurements recorded beside each contract in `registry.rs`.
+
+use crate::op::Stage;
+use serde::Serialize;
+
+/// Which fp64 truth a stage's error is measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truth {
+    /// The op in exact arithmetic: no rounding anywhere before the output.
+    IdealMath,
+    /// The exact result of the golden's own rounded operands (B, or q/k for the head norms): the
+    /// error that is left is the stage's own, not inherited from earlier roundings.
+    GoldenOperands,
+}
+
+/// Bounds on one stage, judged against the PyTorch golden and an fp64 truth.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct StageBound {
+    pub stage: Stage,
+    /// Largest scaled ULP distance to the golden (bf16 ULPs; fp32 ULPs for inv_rms), measured at
+    /// the row's scale below its RMS (see harness::metrics). `None`: no promise to match HF here.
+    pub max_ulp: Option<u32>,
+    /// Smallest fraction of elements bit-identical to the golden.
+    pub min_bit_exact: f64,
+    /// Largest (candidate's relative L2 error to truth) / (golden's relative L2 error to truth).
+    pub max_error_ratio: Option<f64>,
+    pub truth: Truth,
+}
+
+impl StageBound {
+    /// A stage that must match the golden's rounding point up to rare reduction-order flips.
+    pub const fn matches_hf(stage: Stage, max_ulp: u32, min_bit_exact: f64) -> StageBound {
+        StageBound {
+            stage,
+            max_ulp: Some(max_ulp),
+            min_bit_exact,
+            max_error_ratio: None,
+            truth: Truth::GoldenOperands,
+        }
+    }
+    /// A stage judged only by its accuracy against `truth`, relative to PyTorch's.
+    pub const fn at_least_as_accurate(stage: Stage, max_ratio: f64, truth: Truth) -> StageBound {
+        StageBound {
+            stage,
+            max_ulp: None,
+            min_bit_exact: 0.0,
+            max_error_ratio: Some(max_ratio),
+            truth,
+        }
+    }
+    pub const fn with_error_ratio(self, max: f64, truth: Truth) -> StageBound {
+        StageBound {
+            max_error_ratio: Some(max),
+            truth,
+            ..self
+        }
+    }
+}
+
+/// A variant's whole promise.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Contract {
+    /// Checked where the backend observes the stage; C (q, k, v) and the head norms always are.
+    pub stages: &'static [StageBound],
+    /// Two runs on the same inputs give bitwise-equal outputs.
+    pub deterministic: bool,
+    /// Row t's output does not depend on how many other rows share the launch.
+    pub batch_invariant: bool,
+}
+
+impl Contract {
+    pub fn bound(&self, stage: Stage) -> Option<&StageBound> {
+        self.stages.iter().find(|b| b.stage == stage)
+    }
+}

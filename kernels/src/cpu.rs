@@ -1,0 +1,280 @@
+//! The CPU backend: each entry's arithmetic emulated with `half::bf16` (round to nearest even) at
+//! exactly the entry's rounding points. It emulates numerics, not schedules: every variant with
+//! HF numerics gives the same bits here, and every suite runs without a GPU.
+
+use crate::backend::{Backend, BackendError};
+use crate::op::{Observed, OpInputs, Shape, Stage, StageData};
+use crate::registry::{Accumulate, Entry, Fault, NormRounding};
+use half::bf16;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One RMSNorm row with HF's rounding points: returns inv_rms and writes A and B.
+///
+/// `mean` multiplies by 1/H as PyTorch's mean reduction does; rsqrt is 1/sqrt in fp32 (CUDA's
+/// rsqrtf can differ by an ulp: the rare A flips NUMERICS.md expects).
+pub fn hf_rmsnorm_row(x: &[bf16], w: &[bf16], eps: f32, a: &mut [bf16], b: &mut [bf16]) -> f32 {
+    let r = inv_rms(x, eps);
+    for ((&xi, &wi), (ai, bi)) in x.iter().zip(w).zip(a.iter_mut().zip(b.iter_mut())) {
+        *ai = bf16::from_f32(xi.to_f32() * r);
+        *bi = bf16::from_f32(wi.to_f32() * ai.to_f32());
+    }
+    r
+}
+
+/// fp32 rsqrt(mean(x^2) + eps), summing in 8 fixed lanes (an fp32 reduction order like a GPU's).
+pub fn inv_rms(x: &[bf16], eps: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, &v) in x.iter().enumerate() {
+        let f = v.to_f32();
+        acc[i % 8] += f * f;
+    }
+    let sum = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    1.0 / (sum * (1.0 / x.len() as f32) + eps).sqrt()
+}
+
+/// HF RMSNorm over consecutive rows of `width` (Qwen3's q_norm / k_norm over each head).
+pub fn hf_rmsnorm_rows(x: &[bf16], w: &[bf16], eps: f32, width: usize) -> Vec<bf16> {
+    let mut a = vec![bf16::ZERO; width];
+    let mut out = vec![bf16::NAN; x.len()];
+    for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        hf_rmsnorm_row(row, w, eps, &mut a, o);
+    }
+    out
+}
+
+/// The order in which a dot product is reduced over H.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// 8 interleaved lanes, combined as a tree.
+    Lanes8,
+    /// 4 interleaved lanes, reversed over H: a different, equally honest fp32 order.
+    Lanes4Reversed,
+}
+
+fn dot(a: &[f32], b: &[f32], order: Order, accumulate: Accumulate) -> f32 {
+    match (accumulate, order) {
+        (Accumulate::F32, Order::Lanes8) => {
+            let mut acc = [0f32; 8];
+            let (ac, at) = a.as_chunks::<8>();
+            let (bc, bt) = b.as_chunks::<8>();
+            for (x, y) in ac.iter().zip(bc) {
+                for l in 0..8 {
+                    acc[l] += x[l] * y[l];
+                }
+            }
+            for (l, (x, y)) in at.iter().zip(bt).enumerate() {
+                acc[l] += x * y;
+            }
+            ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+        }
+        (Accumulate::F32, Order::Lanes4Reversed) => {
+            let mut acc = [0f32; 4];
+            for (i, (x, y)) in a.iter().zip(b).rev().enumerate() {
+                acc[i % 4] += x * y;
+            }
+            (acc[0] + acc[1]) + (acc[2] + acc[3])
+        }
+        (Accumulate::Bf16, _) => a
+            .iter()
+            .zip(b)
+            .fold(bf16::ZERO, |s, (x, y)| bf16::from_f32(s.to_f32() + x * y))
+            .to_f32(),
+    }
+}
+
+/// The GEMM's left operand for every row, plus the rounding points the entry passes through.
+fn normalize(entry: &Entry, inp: &OpInputs, obs: &mut Observed) -> Vec<f32> {
+    let Shape { t, h, .. } = inp.shape;
+    let w = &inp.weights.norm;
+    let mut operand = vec![0f32; t * h];
+    let mut r_all = vec![0f32; t];
+    let mut a_all = vec![bf16::NAN; t * h];
+    let mut b_all = vec![bf16::NAN; t * h];
+    operand
+        .par_chunks_mut(h)
+        .zip(r_all.par_iter_mut())
+        .zip(a_all.par_chunks_mut(h).zip(b_all.par_chunks_mut(h)))
+        .enumerate()
+        .for_each(|(row, ((op, r_out), (a, b)))| {
+            let x = &inp.x[row * h..(row + 1) * h];
+            let r = match entry.numerics.norm {
+                NormRounding::HfTwoRoundings => hf_rmsnorm_row(x, w, inp.eps, a, b),
+                NormRounding::SkipWeight => {
+                    let r = inv_rms(x, inp.eps);
+                    for (ai, &xi) in a.iter_mut().zip(x) {
+                        *ai = bf16::from_f32(xi.to_f32() * r);
+                    }
+                    b.copy_from_slice(a);
+                    r
+                }
+                NormRounding::OnceAfterWeight => {
+                    let r = inv_rms(x, inp.eps);
+                    for ((bi, &xi), &wi) in b.iter_mut().zip(x).zip(w) {
+                        *bi = bf16::from_f32(xi.to_f32() * r * wi.to_f32());
+                    }
+                    r
+                }
+                NormRounding::Fp32 => {
+                    let r = inv_rms(x, inp.eps);
+                    for ((o, &xi), &wi) in op.iter_mut().zip(x).zip(w) {
+                        *o = xi.to_f32() * r * wi.to_f32();
+                    }
+                    r
+                }
+            };
+            if entry.numerics.norm != NormRounding::Fp32 {
+                for (o, bi) in op.iter_mut().zip(b.iter()) {
+                    *o = bi.to_f32();
+                }
+            }
+            *r_out = r;
+        });
+    obs.insert(Stage::InvRms, StageData::F32(r_all));
+    match entry.numerics.norm {
+        NormRounding::HfTwoRoundings | NormRounding::SkipWeight => {
+            obs.insert(Stage::A, StageData::Bf16(a_all));
+            obs.insert(Stage::B, StageData::Bf16(b_all));
+        }
+        NormRounding::OnceAfterWeight => {
+            obs.insert(Stage::B, StageData::Bf16(b_all));
+        }
+        NormRounding::Fp32 => {}
+    }
+    operand
+}
+
+/// Counts runs, so that the run-variant mutant can change its order on every call.
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Rows of W per parallel task: 64 rows of fp32 (256 KiB at H = 1024) stay in L2 across all T.
+const N_BLOCK: usize = 64;
+
+/// Emulates `entry` on the CPU. Outputs start as NaN and every honest element is overwritten.
+pub fn run_entry(entry: &Entry, inp: &OpInputs) -> Observed {
+    let s = inp.shape;
+    let mut obs = Observed::new();
+    let operand = normalize(entry, inp, &mut obs);
+    let w32: Vec<f32> = inp.weights.qkv.iter().map(|v| v.to_f32()).collect();
+    let order = match entry.fault {
+        Some(Fault::BatchVariantOrder { from_t }) if s.t >= from_t => Order::Lanes4Reversed,
+        Some(Fault::RunVariantOrder) if RUNS.fetch_add(1, Ordering::Relaxed) % 2 == 1 => {
+            Order::Lanes4Reversed
+        }
+        _ => Order::Lanes8,
+    };
+    let (h, n) = (s.h, s.n());
+    // out is [N, T] (column-major in T) so that each task owns a contiguous block.
+    let mut out_nt = vec![bf16::NAN; n * s.t];
+    out_nt
+        .par_chunks_mut(N_BLOCK * s.t)
+        .enumerate()
+        .for_each(|(blk, out)| {
+            let n0 = blk * N_BLOCK;
+            for t in 0..s.t {
+                let a = &operand[t * h..(t + 1) * h];
+                for (j, wrow) in w32[n0 * h..]
+                    .chunks_exact(h)
+                    .take(out.len() / s.t)
+                    .enumerate()
+                {
+                    out[j * s.t + t] =
+                        bf16::from_f32(dot(a, wrow, order, entry.numerics.accumulate));
+                }
+            }
+        });
+    let (qw, kw) = (s.q_width(), s.kv_width());
+    let mut q = vec![bf16::NAN; s.t * qw];
+    let mut k = vec![bf16::NAN; s.t * kw];
+    let mut v = vec![bf16::NAN; s.t * kw];
+    let skip = (entry.fault == Some(Fault::Unwritten)).then_some(q.len() / 2);
+    for t in 0..s.t {
+        for col in 0..n {
+            let val = out_nt[col * s.t + t];
+            if col < qw {
+                let i = t * qw + col;
+                if Some(i) != skip {
+                    q[i] = val;
+                }
+            } else if col < qw + kw {
+                k[t * kw + col - qw] = val;
+            } else {
+                v[t * kw + col - qw - kw] = val;
+            }
+        }
+    }
+    if let Some(Fault::UlpBias { every }) = entry.fault {
+        for c in [&mut q, &mut k, &mut v] {
+            for x in c.iter_mut().step_by(every) {
+                *x = next_up(*x);
+            }
+        }
+    }
+    obs.insert(Stage::Q, StageData::Bf16(q));
+    obs.insert(Stage::K, StageData::Bf16(k));
+    obs.insert(Stage::V, StageData::Bf16(v));
+    obs
+}
+
+/// The next bf16 toward +inf (NaN and +inf stay).
+pub fn next_up(x: bf16) -> bf16 {
+    if x.is_nan() || x == bf16::INFINITY {
+        return x;
+    }
+    let b = x.to_bits();
+    bf16::from_bits(match b {
+        0x8000 => 0x0001,
+        _ if b & 0x8000 != 0 => b - 1,
+        _ => b + 1,
+    })
+}
+
+/// The always-available backend.
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn supports(&self, _entry: &Entry) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(&self, entry: &Entry, inp: &OpInputs) -> Result<Observed, BackendError> {
+        crate::backend::check_inputs(inp)?;
+        Ok(run_entry(entry, inp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_up_moves_one_ulp_toward_positive_infinity() {
+        for v in [1.0f32, -1.0, 0.0, -0.0, 3.5e-38, -2.0e5] {
+            let x = bf16::from_f32(v);
+            let y = next_up(x);
+            assert!(y > x, "{v}");
+            // Nothing representable lies strictly between.
+            assert_eq!(
+                bf16::from_f32((x.to_f32() + y.to_f32()) / 2.0).max(x),
+                bf16::from_f32((x.to_f32() + y.to_f32()) / 2.0)
+            );
+        }
+    }
+
+    #[test]
+    fn hf_row_rounds_twice() {
+        // x * r lands between bf16 values; rounding before the weight multiply differs from after.
+        let x: Vec<bf16> = (1..=16).map(|i| bf16::from_f32(0.37 * i as f32)).collect();
+        let w = vec![bf16::from_f32(1.3); 16];
+        let (mut a, mut b) = (vec![bf16::ZERO; 16], vec![bf16::ZERO; 16]);
+        let r = hf_rmsnorm_row(&x, &w, 1e-6, &mut a, &mut b);
+        for i in 0..16 {
+            assert_eq!(a[i], bf16::from_f32(x[i].to_f32() * r));
+            assert_eq!(b[i], bf16::from_f32(w[i].to_f32() * a[i].to_f32()));
+        }
+    }
+}

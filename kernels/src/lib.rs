@@ -1,0 +1,15 @@
+//! fusegate's kernels: the fused RMSNorm + QKV op, every variant and mutant (one registry), their
+//! precision contracts, and the backends that run them.
+
+pub mod backend;
+pub mod contract;
+pub mod cpu;
+pub mod cuda;
+pub mod op;
+pub mod registry;
+pub mod synth;
+
+pub use backend::{Backend, BackendError};
+pub use contract::{Contract, StageBound, Truth};
+pub use op::{Observed, OpInputs, Shape, Stage, StageData, Weights};
+pub use registry::Entry;

@@ -1,0 +1,68 @@
+//! `cargo xtask conform`: run the conformance suite, print the table, write the results file.
+
+use anyhow::Context;
+use fusegate_harness::backends::Choice;
+use fusegate_harness::conform::{self, DEFAULT_SEED, Options};
+use fusegate_harness::results::write_atomically;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Check every variant against its precision contract and every mutant for rejection.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Variant or mutant to check (repeatable); a variant brings its mutants. Default: all.
+    #[arg(long = "variant", value_name = "V")]
+    variants: Vec<String>,
+    /// Only golden cases whose name matches (substring, or a glob with *).
+    #[arg(long, value_name = "PATTERN")]
+    case: Option<String>,
+    /// auto: CUDA where a GPU is present, else the CPU emulation.
+    #[arg(long, default_value = "auto", value_parser = parse_choice)]
+    backend: Choice,
+    /// Results file. Default: results/conformance-<backend>.json.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Golden directory (holds manifest.json). Default: golden/data, or $FUSEGATE_GOLDEN_DIR.
+    #[arg(long, value_name = "DIR")]
+    golden: Option<PathBuf>,
+    /// Seed of the synthetic inputs used by the invariance trials.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+}
+
+fn parse_choice(s: &str) -> Result<Choice, String> {
+    s.parse()
+}
+
+/// results/ at the workspace root (or beside a bundled binary's working directory).
+pub fn results_dir() -> PathBuf {
+    std::env::var_os("FUSEGATE_RESULTS_DIR").map_or_else(|| PathBuf::from("results"), PathBuf::from)
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let opts = Options {
+        entries: a.variants,
+        case: a.case,
+        backend: a.backend,
+        golden_dir: a.golden,
+        seed: a.seed,
+    };
+    let plan = conform::plan(&opts)?;
+    for n in &plan.notes {
+        println!("{n}");
+    }
+    println!("{} trials on {}", plan.trials.len(), plan.backend_label);
+    let run = conform::run(&plan, |_| {});
+    print!("{}", run.table());
+    let path = a
+        .json
+        .unwrap_or_else(|| results_dir().join(format!("conformance-{}.json", plan.backend_label)));
+    let json = serde_json::to_vec_pretty(&run).context("serialising results")?;
+    write_atomically(&path, &json).with_context(|| format!("writing {}", path.display()))?;
+    println!("results: {}", path.display());
+    Ok(if run.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
