@@ -34,19 +34,12 @@ impl WeightsCache {
     }
 
     /// The verified weights of `entry`, stored at `path`, read on first use.
-    pub(crate) fn get(
-        &self,
-        path: &Path,
-        entry: &WeightsEntry,
-    ) -> Result<Arc<LoadedWeights>, GoldenError> {
+    pub(crate) fn get(&self, path: &Path, entry: &WeightsEntry) -> Result<Arc<LoadedWeights>, GoldenError> {
         // A panic in another loader cannot leave a slot half-written (it is only assigned a
         // finished value), so a poisoned lock is safe to keep using.
         let slot: Slot = {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            slots
-                .entry((path.to_path_buf(), entry.sha256.to_ascii_lowercase()))
-                .or_default()
-                .clone()
+            slots.entry((path.to_path_buf(), entry.sha256.to_ascii_lowercase())).or_default().clone()
         };
         let mut loaded = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(weights) = loaded.as_ref() {

@@ -38,12 +38,7 @@ pub struct Case {
 impl Case {
     /// What a backend needs to run the op on this case.
     pub fn inputs(&self) -> OpInputs<'_> {
-        OpInputs {
-            shape: self.shape,
-            x: &self.x,
-            weights: &self.weights,
-            eps: self.eps,
-        }
+        OpInputs { shape: self.shape, x: &self.x, weights: &self.weights, eps: self.eps }
     }
 }
 
@@ -61,14 +56,10 @@ struct CaseMeta {
 }
 
 /// See [`Manifest::load_case`].
-pub(crate) fn load(
-    manifest: &Manifest,
-    entry: &CaseEntry,
-    cache: &crate::WeightsCache,
-) -> Result<Case, GoldenError> {
+pub(crate) fn load(manifest: &Manifest, entry: &CaseEntry, cache: &crate::WeightsCache) -> Result<Case, GoldenError> {
     let shape = entry.shape;
     // Entries are public and may have been built by hand: re-prove the shape is safe to use.
-    dims::check_shape(&shape).map_err(|reason| GoldenError::ManifestInvalid {
+    dims::check_case_shape(&shape).map_err(|reason| GoldenError::ManifestInvalid {
         path: manifest.path(),
         reason: format!("case `{}`: {reason}", entry.name),
     })?;
@@ -125,19 +116,9 @@ pub(crate) fn load(
 }
 
 /// The case file's own description must agree with the manifest's entry for it.
-fn check_meta(
-    path: &Path,
-    meta: &CaseMeta,
-    entry: &CaseEntry,
-    eps: f32,
-) -> Result<(), GoldenError> {
+fn check_meta(path: &Path, meta: &CaseMeta, entry: &CaseEntry, eps: f32) -> Result<(), GoldenError> {
     let mismatch = |field, file: String, manifest: String| {
-        Err(GoldenError::MetadataMismatch {
-            path: path.into(),
-            field,
-            file,
-            manifest,
-        })
+        Err(GoldenError::MetadataMismatch { path: path.into(), field, file, manifest })
     };
     if meta.name != entry.name {
         return mismatch("case name", meta.name.clone(), entry.name.clone());
@@ -145,19 +126,9 @@ fn check_meta(
     if meta.weights != entry.weights {
         return mismatch("weights", meta.weights.clone(), entry.weights.clone());
     }
-    let file_shape = Shape {
-        t: meta.t,
-        h: meta.h,
-        nq: meta.nq,
-        nkv: meta.nkv,
-        d: meta.d,
-    };
+    let file_shape = Shape { t: meta.t, h: meta.h, nq: meta.nq, nkv: meta.nkv, d: meta.d };
     if file_shape != entry.shape {
-        return mismatch(
-            "shape",
-            dims::describe(&file_shape),
-            dims::describe(&entry.shape),
-        );
+        return mismatch("shape", dims::describe(&file_shape), dims::describe(&entry.shape));
     }
     // capture.py writes the manifest's eps into every case; compare at the precision used.
     if meta.eps as f32 != eps {
@@ -166,11 +137,7 @@ fn check_meta(
     Ok(())
 }
 
-fn read_stage(
-    file: &GoldenFile<'_>,
-    stage: Stage,
-    shape: &Shape,
-) -> Result<StageData, GoldenError> {
+fn read_stage(file: &GoldenFile<'_>, stage: Stage, shape: &Shape) -> Result<StageData, GoldenError> {
     let dims = stage.dims(shape);
     Ok(match stage {
         Stage::InvRms => StageData::F32(file.f32(stage.tensor_name(), &dims)?),
@@ -188,9 +155,7 @@ fn check_finite_rows(
 ) -> Result<(), GoldenError> {
     let bad = match data {
         StageData::F32(v) => first_nonfinite_in_finite_row(v.iter().copied(), shape.t, x_rows),
-        StageData::Bf16(v) => {
-            first_nonfinite_in_finite_row(v.iter().map(|b| b.to_f32()), shape.t, x_rows)
-        }
+        StageData::Bf16(v) => first_nonfinite_in_finite_row(v.iter().map(|b| b.to_f32()), shape.t, x_rows),
     };
     match bad {
         None => Ok(()),

@@ -9,21 +9,21 @@ pub(crate) fn check_shape(s: &Shape) -> Result<(), String> {
         let n = s.nkv.checked_mul(2)?.checked_add(s.nq)?.checked_mul(s.d)?;
         // Largest element counts of any tensor: x/a/b [t, h], qkv [n, h], q/k/v [t, <= n];
         // times 4 so that byte counts of f32 views cannot overflow either.
-        for elems in [
-            s.t.checked_mul(s.h)?,
-            n.checked_mul(s.h)?,
-            s.t.checked_mul(n)?,
-        ] {
+        for elems in [s.t.checked_mul(s.h)?, n.checked_mul(s.h)?, s.t.checked_mul(n)?] {
             elems.checked_mul(4)?;
         }
         Some(())
     };
-    fits().ok_or_else(|| {
-        format!(
-            "shape t={} h={} nq={} nkv={} d={} overflows usize",
-            s.t, s.h, s.nq, s.nkv, s.d
-        )
-    })
+    fits().ok_or_else(|| format!("shape t={} h={} nq={} nkv={} d={} overflows usize", s.t, s.h, s.nq, s.nkv, s.d))
+}
+
+/// Err(reason) unless a case's shape can be run: every dimension positive (a case with t = 0 has
+/// nothing to compare, and the backends refuse it) and every derived size within `usize`.
+pub(crate) fn check_case_shape(s: &Shape) -> Result<(), String> {
+    if [s.t, s.h, s.nq, s.nkv, s.d].contains(&0) {
+        return Err(format!("shape {} has a zero dimension (every dimension must be positive)", describe(s)));
+    }
+    check_shape(s)
 }
 
 /// "t=3 h=64 nq=4 nkv=2 d=16": how shapes appear in messages and summaries.
@@ -43,15 +43,9 @@ mod tests {
     #[test]
     fn overflowing_shapes_are_rejected_not_multiplied() {
         assert!(check_shape(&Shape::qwen3_06b(256)).is_ok());
-        let huge = Shape {
-            t: usize::MAX / 2,
-            ..Shape::qwen3_06b(1)
-        };
+        let huge = Shape { t: usize::MAX / 2, ..Shape::qwen3_06b(1) };
         assert!(check_shape(&huge).is_err());
-        let wide = Shape {
-            nkv: usize::MAX / 2 + 1,
-            ..Shape::qwen3_06b(1)
-        };
+        let wide = Shape { nkv: usize::MAX / 2 + 1, ..Shape::qwen3_06b(1) };
         assert!(check_shape(&wide).is_err());
     }
 }

@@ -15,17 +15,11 @@ use safetensors::{Dtype, SafeTensorError};
 pub enum GoldenError {
     /// The file could not be read at all (missing, permissions, ...).
     #[error("{}: cannot read: {}", line(.path.display()), line(.source))]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 
     /// manifest.json is not JSON, or not shaped like a manifest.
     #[error("{}: malformed manifest: {}", line(.path.display()), line(.source))]
-    ManifestJson {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    ManifestJson { path: PathBuf, source: serde_json::Error },
 
     /// manifest.json parsed but says something impossible (unknown weights, duplicate names, ...).
     #[error("{}: invalid manifest: {}", line(.path.display()), line(.reason))]
@@ -36,29 +30,18 @@ pub enum GoldenError {
         "{}: size mismatch: manifest says {expected} bytes, file has {found}",
         line(.path.display())
     )]
-    Size {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    Size { path: PathBuf, expected: u64, found: u64 },
 
     /// The file is not the one the manifest pinned. Hashes are shortened to 12 hex digits.
     #[error(
         "{}: sha256 mismatch: manifest says {expected}.., file is {actual}..",
         line(.path.display())
     )]
-    Sha256 {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Sha256 { path: PathBuf, expected: String, actual: String },
 
     /// The bytes are not a safetensors file (garbage, truncated header, bad offsets, ...).
     #[error("{}: not a valid safetensors file: {}", line(.path.display()), line(.source))]
-    SafeTensors {
-        path: PathBuf,
-        source: SafeTensorError,
-    },
+    SafeTensors { path: PathBuf, source: SafeTensorError },
 
     /// A metadata key fusegate's capture always writes is absent.
     #[error("{}: metadata key `{key}` missing", line(.path.display()))]
@@ -66,19 +49,11 @@ pub enum GoldenError {
 
     /// The `format` metadata (or the manifest's `format`) names another format or version.
     #[error("{}: format is {:?}, expected {expected:?}", line(.path.display()), line(.found))]
-    Format {
-        path: PathBuf,
-        expected: &'static str,
-        found: String,
-    },
+    Format { path: PathBuf, expected: &'static str, found: String },
 
     /// A JSON-valued metadata key does not parse into what the format says it holds.
     #[error("{}: metadata `{key}` is malformed: {}", line(.path.display()), line(.source))]
-    MetadataJson {
-        path: PathBuf,
-        key: &'static str,
-        source: serde_json::Error,
-    },
+    MetadataJson { path: PathBuf, key: &'static str, source: serde_json::Error },
 
     /// A tensor the format requires is absent.
     #[error("{}: tensor `{tensor}` missing", line(.path.display()))]
@@ -89,24 +64,14 @@ pub enum GoldenError {
         "{}: tensor `{tensor}` has dtype {found}, expected {expected}",
         line(.path.display())
     )]
-    Dtype {
-        path: PathBuf,
-        tensor: &'static str,
-        expected: Dtype,
-        found: Dtype,
-    },
+    Dtype { path: PathBuf, tensor: &'static str, expected: Dtype, found: Dtype },
 
     /// A tensor's dims disagree with the shape the manifest declares.
     #[error(
         "{}: tensor `{tensor}` has shape {found:?}, expected {expected:?}",
         line(.path.display())
     )]
-    Shape {
-        path: PathBuf,
-        tensor: &'static str,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    Shape { path: PathBuf, tensor: &'static str, expected: Vec<usize>, found: Vec<usize> },
 
     /// A file's own metadata contradicts the manifest (case name, weights name, shape, eps).
     #[error(
@@ -115,12 +80,7 @@ pub enum GoldenError {
         line(.file),
         line(.manifest)
     )]
-    MetadataMismatch {
-        path: PathBuf,
-        field: &'static str,
-        file: String,
-        manifest: String,
-    },
+    MetadataMismatch { path: PathBuf, field: &'static str, file: String, manifest: String },
 
     /// The case was captured against other weights than the ones the manifest pairs it with.
     #[error(
@@ -128,34 +88,18 @@ pub enum GoldenError {
         line(.path.display()),
         line(.weights)
     )]
-    WeightsSha256 {
-        path: PathBuf,
-        weights: String,
-        expected: String,
-        found: String,
-    },
+    WeightsSha256 { path: PathBuf, weights: String, expected: String, found: String },
 
     /// A golden stage is NaN/Inf in a row whose input is finite: the golden is corrupt.
     #[error(
         "{}: tensor `{tensor}` is {value} at {index:?} although row {row} of x is finite",
         line(.path.display())
     )]
-    NonFinite {
-        path: PathBuf,
-        tensor: &'static str,
-        index: Vec<usize>,
-        row: usize,
-        value: f32,
-    },
+    NonFinite { path: PathBuf, tensor: &'static str, index: Vec<usize>, row: usize, value: f32 },
 
     /// A weight is NaN/Inf: no kernel comparison against such weights means anything.
     #[error("{}: tensor `{tensor}` is {value} at {index:?}: weights must be finite", line(.path.display()))]
-    WeightsNonFinite {
-        path: PathBuf,
-        tensor: &'static str,
-        index: Vec<usize>,
-        value: f32,
-    },
+    WeightsNonFinite { path: PathBuf, tensor: &'static str, index: Vec<usize>, value: f32 },
 }
 
 impl GoldenError {

@@ -12,35 +12,21 @@ const SHORT_HEX: usize = 12;
 
 /// The file's bytes, after checking its length and sha256 against the manifest's record.
 pub(crate) fn read_pinned(path: &Path, sha256: &str, bytes: u64) -> Result<Vec<u8>, GoldenError> {
-    let data = std::fs::read(path).map_err(|source| GoldenError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let data = std::fs::read(path).map_err(|source| GoldenError::Read { path: path.into(), source })?;
     let found = data.len() as u64;
     if found != bytes {
-        return Err(GoldenError::Size {
-            path: path.into(),
-            expected: bytes,
-            found,
-        });
+        return Err(GoldenError::Size { path: path.into(), expected: bytes, found });
     }
     let actual = sha256_hex(&data);
     if !actual.eq_ignore_ascii_case(sha256) {
-        return Err(GoldenError::Sha256 {
-            path: path.into(),
-            expected: short_hex(sha256),
-            actual: short_hex(&actual),
-        });
+        return Err(GoldenError::Sha256 { path: path.into(), expected: short_hex(sha256), actual: short_hex(&actual) });
     }
     Ok(data)
 }
 
 /// Lower-case hex sha256 of `data`, as `capture.py` records it.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first 12 hex digits (fewer if the input is shorter), for messages.
@@ -59,10 +45,7 @@ mod tests {
 
     #[test]
     fn sha256_matches_the_standard_test_vector() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(short_hex(&sha256_hex(b"abc")), "ba7816bf8f01");
         assert!(is_sha256_hex(&sha256_hex(b"")));
         assert!(!is_sha256_hex("ba7816bf8f01"));

@@ -10,9 +10,7 @@ pub(crate) fn finite_rows(x: &[bf16], rows: usize, h: usize) -> Vec<bool> {
     if h == 0 {
         return vec![true; rows];
     }
-    x.chunks_exact(h)
-        .map(|row| row.iter().all(|v| v.is_finite()))
-        .collect()
+    x.chunks_exact(h).map(|row| row.iter().all(|v| v.is_finite())).collect()
 }
 
 /// First element (flat index, value) that is non-finite in a row marked finite. `values` is
@@ -27,9 +25,9 @@ pub(crate) fn first_nonfinite_in_finite_row(
         return None;
     }
     let row_len = len / rows;
-    values.enumerate().find(|&(i, v)| {
-        !v.is_finite() && row_len > 0 && row_ok.get(i / row_len).copied().unwrap_or(false)
-    })
+    values
+        .enumerate()
+        .find(|&(i, v)| !v.is_finite() && row_len > 0 && row_ok.get(i / row_len).copied().unwrap_or(false))
 }
 
 /// First non-finite element (flat index, value).
@@ -65,10 +63,7 @@ mod tests {
 
     #[test]
     fn rows_of_x_with_any_nonfinite_element_are_marked() {
-        let x: Vec<bf16> = [1.0, f32::NAN, 3.0, 4.0, 5.0, f32::INFINITY]
-            .into_iter()
-            .map(bf16::from_f32)
-            .collect();
+        let x: Vec<bf16> = [1.0, f32::NAN, 3.0, 4.0, 5.0, f32::INFINITY].into_iter().map(bf16::from_f32).collect();
         assert_eq!(finite_rows(&x, 3, 2), [false, true, false]);
         assert_eq!(finite_rows(&[], 2, 0), [true, true]);
     }

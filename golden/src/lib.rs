@@ -34,8 +34,6 @@ pub use cache::WeightsCache;
 pub use case::{CASE_FORMAT, Case};
 pub use error::GoldenError;
 pub use file::sha256_hex;
-pub use manifest::{
-    CaseEntry, GOLDEN_DIR_ENV, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, WeightsEntry,
-};
+pub use manifest::{CaseEntry, GOLDEN_DIR_ENV, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, WeightsEntry};
 pub use provenance::Provenance;
 pub use weights::WEIGHTS_FORMAT;

@@ -69,21 +69,11 @@ impl Manifest {
     /// are read (and their sha256 checked) when a case is loaded.
     pub fn load(dir: &Path) -> Result<Manifest, GoldenError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| GoldenError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| GoldenError::Read { path: path.clone(), source })?;
         let raw: RawManifest =
-            serde_json::from_str(&text).map_err(|source| GoldenError::ManifestJson {
-                path: path.clone(),
-                source,
-            })?;
+            serde_json::from_str(&text).map_err(|source| GoldenError::ManifestJson { path: path.clone(), source })?;
         if raw.format != MANIFEST_FORMAT {
-            return Err(GoldenError::Format {
-                path,
-                expected: MANIFEST_FORMAT,
-                found: raw.format,
-            });
+            return Err(GoldenError::Format { path, expected: MANIFEST_FORMAT, found: raw.format });
         }
         let manifest = Manifest {
             dir: dir.to_path_buf(),
@@ -92,9 +82,7 @@ impl Manifest {
             weights: raw.weights,
             cases: raw.cases,
         };
-        manifest
-            .validate()
-            .map_err(|reason| GoldenError::ManifestInvalid { path, reason })?;
+        manifest.validate().map_err(|reason| GoldenError::ManifestInvalid { path, reason })?;
         Ok(manifest)
     }
 
@@ -138,43 +126,26 @@ impl Manifest {
 
     /// Loads every case in manifest order, stopping at the first bad one.
     pub fn load_all(&self, cache: &WeightsCache) -> Result<Vec<Case>, GoldenError> {
-        self.cases
-            .iter()
-            .map(|entry| self.load_case(entry, cache))
-            .collect()
+        self.cases.iter().map(|entry| self.load_case(entry, cache)).collect()
     }
 
     /// Loads one weight set through `cache`, for runs that bring their own x.
-    pub fn load_weights(
-        &self,
-        entry: &WeightsEntry,
-        cache: &WeightsCache,
-    ) -> Result<Arc<Weights>, GoldenError> {
-        Ok(cache
-            .get(&self.resolve(&entry.file), entry)?
-            .weights
-            .clone())
+    pub fn load_weights(&self, entry: &WeightsEntry, cache: &WeightsCache) -> Result<Arc<Weights>, GoldenError> {
+        Ok(cache.get(&self.resolve(&entry.file), entry)?.weights.clone())
     }
 
     /// The entry named by a case, or the manifest-level error of a dangling reference.
     pub(crate) fn weights_of(&self, case: &CaseEntry) -> Result<&WeightsEntry, GoldenError> {
-        self.weights_entry(&case.weights)
-            .ok_or_else(|| GoldenError::ManifestInvalid {
-                path: self.path(),
-                reason: format!(
-                    "case `{}` names unknown weights `{}`",
-                    case.name, case.weights
-                ),
-            })
+        self.weights_entry(&case.weights).ok_or_else(|| GoldenError::ManifestInvalid {
+            path: self.path(),
+            reason: format!("case `{}` names unknown weights `{}`", case.name, case.weights),
+        })
     }
 
     /// Cross-entry rules serde cannot express. Err is the reason, for [`GoldenError::ManifestInvalid`].
     fn validate(&self) -> Result<(), String> {
         if !self.eps.is_finite() || self.eps < 0.0 {
-            return Err(format!(
-                "eps {} is not a finite non-negative number",
-                self.eps
-            ));
+            return Err(format!("eps {} is not a finite non-negative number", self.eps));
         }
         let mut names = HashSet::new();
         for w in &self.weights {
@@ -190,12 +161,9 @@ impl Manifest {
                 return Err(format!("case `{}` listed twice", c.name));
             }
             if !names.contains(c.weights.as_str()) {
-                return Err(format!(
-                    "case `{}` names unknown weights `{}`",
-                    c.name, c.weights
-                ));
+                return Err(format!("case `{}` names unknown weights `{}`", c.name, c.weights));
             }
-            dims::check_shape(&c.shape).map_err(|e| format!("case `{}`: {e}", c.name))?;
+            dims::check_case_shape(&c.shape).map_err(|e| format!("case `{}`: {e}", c.name))?;
         }
         Ok(())
     }
@@ -204,14 +172,9 @@ impl Manifest {
 /// An entry's file must stay inside the manifest's directory and its sha256 must be a sha256.
 fn check_file(name: &str, file: &Path, sha256: &str) -> Result<(), String> {
     let inside = file.components().next().is_some()
-        && file
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        && file.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     if !inside {
-        return Err(format!(
-            "`{name}`: file {:?} is not a path inside the manifest's directory",
-            file
-        ));
+        return Err(format!("`{name}`: file {:?} is not a path inside the manifest's directory", file));
     }
     if !is_sha256_hex(sha256) {
         return Err(format!("`{name}`: sha256 {sha256:?} is not 64 hex digits"));

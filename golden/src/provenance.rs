@@ -25,23 +25,12 @@ pub struct Provenance {
 impl fmt::Display for Provenance {
     /// One line, for report headers.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reduction = if self.allow_bf16_reduced_precision_reduction {
-            "allowed"
-        } else {
-            "off"
-        };
+        let reduction = if self.allow_bf16_reduced_precision_reduction { "allowed" } else { "off" };
         write!(
             f,
             "torch {}, transformers {}, CUDA {}, cuBLAS {}, {}, python {}, \
              bf16 reduced-precision reduction {}, captured {}",
-            self.torch,
-            self.transformers,
-            self.cuda,
-            self.cublas,
-            self.gpu,
-            self.python,
-            reduction,
-            self.captured_at
+            self.torch, self.transformers, self.cuda, self.cublas, self.gpu, self.python, reduction, self.captured_at
         )
     }
 }

@@ -22,29 +22,18 @@ impl<'a> GoldenFile<'a> {
     /// Parses the header; the safetensors crate checks that offsets, dtypes and shapes cover the
     /// buffer exactly, so later tensor reads cannot run past it.
     pub fn parse(path: &'a Path, data: &'a [u8]) -> Result<Self, GoldenError> {
-        let wrap = |source| GoldenError::SafeTensors {
-            path: path.into(),
-            source,
-        };
+        let wrap = |source| GoldenError::SafeTensors { path: path.into(), source };
         let (_, header) = SafeTensors::read_metadata(data).map_err(wrap)?;
         let tensors = SafeTensors::deserialize(data).map_err(wrap)?;
         let metadata = header.metadata().clone().unwrap_or_default();
-        Ok(GoldenFile {
-            path,
-            tensors,
-            metadata,
-        })
+        Ok(GoldenFile { path, tensors, metadata })
     }
 
     /// Fails unless the `format` metadata is exactly `expected` (format and version).
     pub fn require_format(&self, expected: &'static str) -> Result<(), GoldenError> {
         let found = self.meta("format")?;
         if found != expected {
-            return Err(GoldenError::Format {
-                path: self.path.into(),
-                expected,
-                found: found.into(),
-            });
+            return Err(GoldenError::Format { path: self.path.into(), expected, found: found.into() });
         }
         Ok(())
     }
@@ -54,10 +43,7 @@ impl<'a> GoldenFile<'a> {
         self.metadata
             .get(key)
             .map(String::as_str)
-            .ok_or_else(|| GoldenError::MetadataMissing {
-                path: self.path.into(),
-                key,
-            })
+            .ok_or_else(|| GoldenError::MetadataMissing { path: self.path.into(), key })
     }
 
     /// A JSON-valued metadata entry (capture.py stores dicts as JSON strings).
@@ -72,47 +58,23 @@ impl<'a> GoldenFile<'a> {
     /// A bf16 tensor with exactly `dims`, little-endian as safetensors stores it.
     pub fn bf16(&self, name: &'static str, dims: &[usize]) -> Result<Vec<bf16>, GoldenError> {
         let view = self.view(name, Dtype::BF16, dims)?;
-        Ok(view
-            .data()
-            .chunks_exact(2)
-            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-            .collect())
+        Ok(view.data().chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect())
     }
 
     /// An f32 tensor with exactly `dims`.
     pub fn f32(&self, name: &'static str, dims: &[usize]) -> Result<Vec<f32>, GoldenError> {
         let view = self.view(name, Dtype::F32, dims)?;
-        Ok(view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    fn view(
-        &self,
-        name: &'static str,
-        dtype: Dtype,
-        dims: &[usize],
-    ) -> Result<TensorView<'a>, GoldenError> {
+    fn view(&self, name: &'static str, dtype: Dtype, dims: &[usize]) -> Result<TensorView<'a>, GoldenError> {
         let path = || self.path.to_path_buf();
         let view = self.tensors.tensor(name).map_err(|e| match e {
-            SafeTensorError::TensorNotFound(_) => GoldenError::TensorMissing {
-                path: path(),
-                tensor: name,
-            },
-            source => GoldenError::SafeTensors {
-                path: path(),
-                source,
-            },
+            SafeTensorError::TensorNotFound(_) => GoldenError::TensorMissing { path: path(), tensor: name },
+            source => GoldenError::SafeTensors { path: path(), source },
         })?;
         if view.dtype() != dtype {
-            return Err(GoldenError::Dtype {
-                path: path(),
-                tensor: name,
-                expected: dtype,
-                found: view.dtype(),
-            });
+            return Err(GoldenError::Dtype { path: path(), tensor: name, expected: dtype, found: view.dtype() });
         }
         if view.shape() != dims {
             return Err(GoldenError::Shape {

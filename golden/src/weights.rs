@@ -48,13 +48,7 @@ pub(crate) fn load(path: &Path, entry: &WeightsEntry) -> Result<LoadedWeights, G
             manifest: entry.name.clone(),
         });
     }
-    let s = Shape {
-        t: 0,
-        h: spec.h,
-        nq: spec.nq,
-        nkv: spec.nkv,
-        d: spec.d,
-    };
+    let s = Shape { t: 0, h: spec.h, nq: spec.nq, nkv: spec.nkv, d: spec.d };
     dims::check_shape(&s).map_err(|reason| GoldenError::ManifestInvalid {
         path: path.into(),
         reason: format!("metadata spec: {reason}"),
@@ -63,12 +57,9 @@ pub(crate) fn load(path: &Path, entry: &WeightsEntry) -> Result<LoadedWeights, G
         let values = file.bf16(name, dims)?;
         match first_nonfinite(values.iter().map(|v| v.to_f32())) {
             None => Ok(values),
-            Some((i, value)) => Err(GoldenError::WeightsNonFinite {
-                path: path.into(),
-                tensor: name,
-                index: unravel(i, dims),
-                value,
-            }),
+            Some((i, value)) => {
+                Err(GoldenError::WeightsNonFinite { path: path.into(), tensor: name, index: unravel(i, dims), value })
+            }
         }
     };
     let weights = Weights {
@@ -77,9 +68,5 @@ pub(crate) fn load(path: &Path, entry: &WeightsEntry) -> Result<LoadedWeights, G
         q_norm: read("q_norm_weight", &[s.d])?,
         k_norm: read("k_norm_weight", &[s.d])?,
     };
-    Ok(LoadedWeights {
-        path: path.into(),
-        dims: s,
-        weights: Arc::new(weights),
-    })
+    Ok(LoadedWeights { path: path.into(), dims: s, weights: Arc::new(weights) })
 }

@@ -45,9 +45,7 @@ fn truncated_header_is_not_safetensors() {
 #[test]
 fn garbage_case_file_is_not_safetensors() {
     let f = Fixture::new();
-    let garbage: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     f.write_case_bytes(&garbage);
     let err = f.load_err();
     assert!(matches!(err, GoldenError::SafeTensors { .. }), "{err:?}");
@@ -72,22 +70,9 @@ fn x_stored_as_f32_is_a_dtype_error() {
         c.tensors.insert("x".into(), x);
     });
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::Dtype {
-                expected: Dtype::BF16,
-                found: Dtype::F32,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::Dtype { expected: Dtype::BF16, found: Dtype::F32, .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), Some("x"));
-    assert!(
-        line.contains("F32") && line.contains("expected BF16"),
-        "{line}"
-    );
+    assert!(line.contains("F32") && line.contains("expected BF16"), "{line}");
 }
 
 #[test]
@@ -98,10 +83,7 @@ fn q_with_wrong_shape_is_a_shape_error() {
     let err = f.load_err();
     assert!(matches!(err, GoldenError::Shape { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), Some("q"));
-    assert!(
-        line.contains("[3, 16, 4]") && line.contains("expected [3, 4, 16]"),
-        "{line}"
-    );
+    assert!(line.contains("[3, 16, 4]") && line.contains("expected [3, 4, 16]"), "{line}");
 }
 
 #[test]
@@ -111,16 +93,7 @@ fn missing_stage_tensor_is_named() {
         c.tensors.remove("k_normed");
     });
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::TensorMissing {
-                tensor: "k_normed",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::TensorMissing { tensor: "k_normed", .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), Some("k_normed"));
 }
 
@@ -131,26 +104,14 @@ fn missing_weights_tensor_is_named_in_the_weights_file() {
         w.tensors.remove("qkv_weight");
     });
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::TensorMissing {
-                tensor: "qkv_weight",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::TensorMissing { tensor: "qkv_weight", .. }), "{err:?}");
     assert_one_line(&err, &f.weights_path(), Some("qkv_weight"));
 }
 
 #[test]
 fn flipped_byte_is_a_sha256_mismatch() {
     let f = Fixture::new();
-    let pinned = f.manifest_json()["cases"][0]["sha256"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let pinned = f.manifest_json()["cases"][0]["sha256"].as_str().unwrap().to_owned();
     let mut bytes = std::fs::read(f.case_path()).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
@@ -159,10 +120,7 @@ fn flipped_byte_is_a_sha256_mismatch() {
     assert!(matches!(err, GoldenError::Sha256 { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
     let actual = fusegate_golden::sha256_hex(&bytes);
-    assert!(
-        line.contains(&pinned[..12]) && !line.contains(&pinned[..13]),
-        "{line}"
-    );
+    assert!(line.contains(&pinned[..12]) && !line.contains(&pinned[..13]), "{line}");
     assert!(line.contains(&actual[..12]), "{line}");
 }
 
@@ -176,10 +134,7 @@ fn appended_bytes_are_a_size_mismatch() {
     let err = f.load_err();
     assert!(matches!(err, GoldenError::Size { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
-    assert!(
-        line.contains(&format!("{pinned} bytes, file has {}", pinned + 8)),
-        "{line}"
-    );
+    assert!(line.contains(&format!("{pinned} bytes, file has {}", pinned + 8)), "{line}");
 }
 
 #[test]
@@ -188,17 +143,7 @@ fn nan_in_q_of_a_finite_row_is_corruption() {
     // q is [3, 4, 16]: flat 1*64 + 2*16 + 5 is row 1, head 2, lane 5.
     f.rewrite_case(|c| c.tensor("q").set_bf16(64 + 32 + 5, f32::NAN));
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::NonFinite {
-                tensor: "q",
-                row: 1,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::NonFinite { tensor: "q", row: 1, .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), Some("q"));
     assert!(line.contains("[1, 2, 5]") && line.contains("NaN"), "{line}");
 }
@@ -208,17 +153,7 @@ fn inf_in_inv_rms_of_a_finite_row_is_corruption() {
     let f = Fixture::new();
     f.rewrite_case(|c| c.tensor("inv_rms").set_f32(2, f32::INFINITY));
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::NonFinite {
-                tensor: "inv_rms",
-                row: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::NonFinite { tensor: "inv_rms", row: 2, .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), Some("inv_rms"));
 }
 
@@ -236,17 +171,7 @@ fn nan_is_allowed_only_in_rows_whose_x_is_nonfinite() {
     // ... but not in row 2, whose x is still finite.
     f.rewrite_case(|c| c.tensor("q").set_bf16(2 * 64, f32::NAN));
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::NonFinite {
-                tensor: "q",
-                row: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::NonFinite { tensor: "q", row: 2, .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), Some("q"));
 }
 
@@ -255,16 +180,7 @@ fn nan_in_weights_is_refused() {
     let f = Fixture::new();
     f.rewrite_weights(|w| w.tensor("norm_weight").set_bf16(17, f32::NAN));
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::WeightsNonFinite {
-                tensor: "norm_weight",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::WeightsNonFinite { tensor: "norm_weight", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.weights_path(), Some("norm_weight"));
     assert!(line.contains("[17]"), "{line}");
 }
@@ -276,10 +192,7 @@ fn missing_format_metadata_is_refused() {
         c.metadata.remove("format");
     });
     let err = f.load_err();
-    assert!(
-        matches!(err, GoldenError::MetadataMissing { key: "format", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMissing { key: "format", .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), None);
 }
 
@@ -287,16 +200,12 @@ fn missing_format_metadata_is_refused() {
 fn wrong_format_version_is_refused() {
     let f = Fixture::new();
     f.rewrite_weights(|w| {
-        w.metadata
-            .insert("format".into(), "fusegate-weights-v0".into());
+        w.metadata.insert("format".into(), "fusegate-weights-v0".into());
     });
     let err = f.load_err();
     assert!(matches!(err, GoldenError::Format { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.weights_path(), None);
-    assert!(
-        line.contains("fusegate-weights-v0") && line.contains("fusegate-weights-v1"),
-        "{line}"
-    );
+    assert!(line.contains("fusegate-weights-v0") && line.contains("fusegate-weights-v1"), "{line}");
 }
 
 #[test]
@@ -304,21 +213,9 @@ fn case_metadata_naming_other_weights_is_refused() {
     let f = Fixture::new();
     f.rewrite_case(|c| c.edit_meta_json("case", |m| m["weights"] = "qwen3-typical".into()));
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::MetadataMismatch {
-                field: "weights",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMismatch { field: "weights", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
-    assert!(
-        line.contains("qwen3-typical") && line.contains("small-h64"),
-        "{line}"
-    );
+    assert!(line.contains("qwen3-typical") && line.contains("small-h64"), "{line}");
 }
 
 #[test]
@@ -326,10 +223,7 @@ fn case_metadata_with_another_shape_is_refused() {
     let f = Fixture::new();
     f.rewrite_case(|c| c.edit_meta_json("case", |m| m["nkv"] = 4.into()));
     let err = f.load_err();
-    assert!(
-        matches!(err, GoldenError::MetadataMismatch { field: "shape", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMismatch { field: "shape", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
     assert!(line.contains("nkv=4") && line.contains("nkv=2"), "{line}");
 }
@@ -339,10 +233,7 @@ fn manifest_shape_disagreeing_with_the_case_is_refused() {
     let f = Fixture::new();
     f.edit_manifest(|m| m["cases"][0]["t"] = 4.into());
     let err = f.load_err();
-    assert!(
-        matches!(err, GoldenError::MetadataMismatch { field: "shape", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMismatch { field: "shape", .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), None);
 }
 
@@ -357,21 +248,9 @@ fn weights_spec_with_other_dims_than_the_case_is_refused() {
         })
     });
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::MetadataMismatch {
-                field: "weights dims",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMismatch { field: "weights dims", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.weights_path(), None);
-    assert!(
-        line.contains("h=64 nq=2 nkv=3 d=16") && line.contains("h=64 nq=4 nkv=2 d=16"),
-        "{line}"
-    );
+    assert!(line.contains("h=64 nq=2 nkv=3 d=16") && line.contains("h=64 nq=4 nkv=2 d=16"), "{line}");
 }
 
 #[test]
@@ -379,16 +258,7 @@ fn weights_spec_naming_other_weights_is_refused() {
     let f = Fixture::new();
     f.rewrite_weights(|w| w.edit_meta_json("spec", |s| s["name"] = "qwen3-typical".into()));
     let err = f.load_err();
-    assert!(
-        matches!(
-            err,
-            GoldenError::MetadataMismatch {
-                field: "weights name",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMismatch { field: "weights name", .. }), "{err:?}");
     assert_one_line(&err, &f.weights_path(), None);
 }
 
@@ -397,10 +267,7 @@ fn case_metadata_with_another_eps_is_refused() {
     let f = Fixture::new();
     f.rewrite_case(|c| c.edit_meta_json("case", |m| m["eps"] = 1e-5.into()));
     let err = f.load_err();
-    assert!(
-        matches!(err, GoldenError::MetadataMismatch { field: "eps", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataMismatch { field: "eps", .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), None);
 }
 
@@ -414,10 +281,7 @@ fn case_captured_against_other_weights_bytes_is_refused() {
     let err = f.load_err();
     assert!(matches!(err, GoldenError::WeightsSha256 { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
-    assert!(
-        line.contains("ffffffffffff..") && line.contains("0ea39ca62f59.."),
-        "{line}"
-    );
+    assert!(line.contains("ffffffffffff..") && line.contains("0ea39ca62f59.."), "{line}");
 }
 
 #[test]
@@ -427,10 +291,7 @@ fn malformed_case_metadata_json_is_refused() {
         c.metadata.insert("case".into(), "{\"name\": ".into());
     });
     let err = f.load_err();
-    assert!(
-        matches!(err, GoldenError::MetadataJson { key: "case", .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::MetadataJson { key: "case", .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), None);
 }
 
@@ -497,10 +358,7 @@ fn manifest_case_naming_unknown_weights_is_refused() {
     let f = Fixture::new();
     f.edit_manifest(|m| m["cases"][0]["weights"] = "nope".into());
     let err = Manifest::load(&f.dir).unwrap_err();
-    assert!(
-        matches!(err, GoldenError::ManifestInvalid { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::ManifestInvalid { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.manifest_path(), None);
     assert!(line.contains("`nope`"), "{line}");
 }
@@ -510,10 +368,7 @@ fn manifest_with_overflowing_shape_is_refused_without_panicking() {
     let f = Fixture::new();
     f.edit_manifest(|m| m["cases"][0]["t"] = (u64::MAX / 2).into());
     let err = Manifest::load(&f.dir).unwrap_err();
-    assert!(
-        matches!(err, GoldenError::ManifestInvalid { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::ManifestInvalid { .. }), "{err:?}");
     assert_one_line(&err, &f.manifest_path(), None);
 }
 
@@ -522,10 +377,7 @@ fn manifest_paths_must_stay_inside_its_directory() {
     let f = Fixture::new();
     f.edit_manifest(|m| m["weights"][0]["file"] = "../weights/small-h64.safetensors".into());
     let err = Manifest::load(&f.dir).unwrap_err();
-    assert!(
-        matches!(err, GoldenError::ManifestInvalid { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::ManifestInvalid { .. }), "{err:?}");
     assert_one_line(&err, &f.manifest_path(), None);
 }
 
@@ -534,9 +386,6 @@ fn manifest_sha256_must_be_a_sha256() {
     let f = Fixture::new();
     f.edit_manifest(|m| m["cases"][0]["sha256"] = "e2a4b90e41c4".into());
     let err = Manifest::load(&f.dir).unwrap_err();
-    assert!(
-        matches!(err, GoldenError::ManifestInvalid { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoldenError::ManifestInvalid { .. }), "{err:?}");
     assert_one_line(&err, &f.manifest_path(), None);
 }

@@ -16,17 +16,11 @@ fn manifest() -> &'static Manifest {
 
 fn cases() -> &'static [Case] {
     static C: OnceLock<Vec<Case>> = OnceLock::new();
-    C.get_or_init(|| {
-        manifest()
-            .load_all(&WeightsCache::new())
-            .unwrap_or_else(|e| panic!("{e}"))
-    })
+    C.get_or_init(|| manifest().load_all(&WeightsCache::new()).unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn stage(case: &Case, s: Stage) -> &[bf16] {
-    case.reference[&s]
-        .as_bf16()
-        .unwrap_or_else(|| panic!("{}: {s} is not bf16", case.name))
+    case.reference[&s].as_bf16().unwrap_or_else(|| panic!("{}: {s} is not bf16", case.name))
 }
 
 fn inv_rms(case: &Case) -> &[f32] {
@@ -52,11 +46,7 @@ fn manifest_lists_the_committed_goldens() {
     assert_eq!(m.cases.len(), 17);
     assert_eq!(m.eps, 1e-6);
     // capture.py's `--device cpu` dry run records gpu "cpu": never a committed golden.
-    assert!(
-        !m.provenance.gpu.is_empty() && m.provenance.gpu != "cpu",
-        "{}",
-        m.provenance
-    );
+    assert!(!m.provenance.gpu.is_empty() && m.provenance.gpu != "cpu", "{}", m.provenance);
     assert_ne!(m.provenance.cublas, "none", "{}", m.provenance);
     assert!(m.provenance.allow_bf16_reduced_precision_reduction);
     let typical = m.case("qwen3-typical-t256").unwrap();
@@ -73,39 +63,22 @@ fn every_case_loads_with_dims_from_its_shape() {
     assert_eq!(cases.len(), m.cases.len());
     for (case, entry) in cases.iter().zip(&m.cases) {
         let s = case.shape;
-        assert_eq!(
-            (&case.name, s, &case.weights_name),
-            (&entry.name, entry.shape, &entry.weights)
-        );
+        assert_eq!((&case.name, s, &case.weights_name), (&entry.name, entry.shape, &entry.weights));
         assert_eq!(case.file, m.dir.join(&entry.file));
         assert_eq!(case.eps, m.eps);
         assert_eq!(case.x.len(), s.t * s.h, "{}", case.name);
         assert_eq!(case.weights.norm.len(), s.h, "{}", case.name);
         assert_eq!(case.weights.qkv.len(), s.n() * s.h, "{}", case.name);
-        assert_eq!(
-            (case.weights.q_norm.len(), case.weights.k_norm.len()),
-            (s.d, s.d)
-        );
-        assert_eq!(
-            case.reference.keys().copied().collect::<Vec<_>>(),
-            Stage::ALL
-        );
+        assert_eq!((case.weights.q_norm.len(), case.weights.k_norm.len()), (s.d, s.d));
+        assert_eq!(case.reference.keys().copied().collect::<Vec<_>>(), Stage::ALL);
         for st in Stage::ALL {
             let data = &case.reference[&st];
             assert_eq!(data.len(), st.len(&s), "{} {st}", case.name);
-            assert_eq!(
-                matches!(data, StageData::F32(_)),
-                st == Stage::InvRms,
-                "{} {st}",
-                case.name
-            );
+            assert_eq!(matches!(data, StageData::F32(_)), st == Stage::InvRms, "{} {st}", case.name);
         }
         assert_eq!(case.provenance, m.provenance, "{}", case.name);
         let inputs = case.inputs();
-        assert_eq!(
-            (inputs.shape, inputs.x.len(), inputs.eps),
-            (s, case.x.len(), case.eps)
-        );
+        assert_eq!((inputs.shape, inputs.x.len(), inputs.eps), (s, case.x.len(), case.eps));
     }
 }
 
@@ -117,11 +90,7 @@ fn a_is_bf16_of_x_times_inv_rms_in_every_case() {
             for (k, x) in row.iter().enumerate() {
                 let want = bf16::from_f32(x.to_f32() * r);
                 let got = a[t * case.shape.h + k];
-                assert!(
-                    same(got, want),
-                    "{} a[{t},{k}] = {got}, bf16(x * inv_rms) = {want}",
-                    case.name
-                );
+                assert!(same(got, want), "{} a[{t},{k}] = {got}, bf16(x * inv_rms) = {want}", case.name);
             }
         }
     }
@@ -134,12 +103,7 @@ fn b_is_bf16_of_norm_weight_times_a_in_every_case() {
         let (a, b, h) = (stage(case, Stage::A), stage(case, Stage::B), case.shape.h);
         for (i, (&a, &b)) in a.iter().zip(b).enumerate() {
             let want = bf16::from_f32(case.weights.norm[i % h].to_f32() * a.to_f32());
-            assert!(
-                same(b, want),
-                "{} b[{}] = {b}, bf16(w * a) = {want}",
-                case.name,
-                i
-            );
+            assert!(same(b, want), "{} b[{}] = {b}, bf16(w * a) = {want}", case.name, i);
         }
     }
 }
@@ -151,19 +115,11 @@ fn inv_rms_is_within_4_f32_ulps_of_an_f64_recomputation() {
             let ms = row.iter().map(|x| x.to_f64() * x.to_f64()).sum::<f64>() / case.shape.h as f64;
             let want = 1.0 / (ms + f64::from(case.eps)).sqrt();
             if !want.is_finite() {
-                assert!(
-                    got.is_nan(),
-                    "{} inv_rms[{t}] = {got}, x row is NaN",
-                    case.name
-                );
+                assert!(got.is_nan(), "{} inv_rms[{t}] = {got}, x row is NaN", case.name);
                 continue;
             }
             let tol = 4.0 * f64::from(f32::EPSILON) * want + f64::MIN_POSITIVE;
-            assert!(
-                (f64::from(got) - want).abs() <= tol,
-                "{} inv_rms[{t}] {got} vs {want}",
-                case.name
-            );
+            assert!((f64::from(got) - want).abs() <= tol, "{} inv_rms[{t}] {got} vs {want}", case.name);
         }
     }
 }
@@ -190,11 +146,7 @@ fn q_k_v_are_b_times_the_fused_weight_split_in_that_order() {
             scope.spawn(move || {
                 let s = case.shape;
                 let b = stage(case, Stage::B);
-                let (q, k, v) = (
-                    stage(case, Stage::Q),
-                    stage(case, Stage::K),
-                    stage(case, Stage::V),
-                );
+                let (q, k, v) = (stage(case, Stage::Q), stage(case, Stage::K), stage(case, Stage::V));
                 let (mut checked, mut exact) = (0usize, 0usize);
                 for t in sampled_rows(s.t, 16) {
                     let brow = &b[t * s.h..(t + 1) * s.h];
@@ -213,28 +165,16 @@ fn q_k_v_are_b_times_the_fused_weight_split_in_that_order() {
                             v[t * s.kv_width() + j - s.q_width() - s.kv_width()]
                         };
                         if !dot.is_finite() {
-                            assert!(
-                                got.is_nan(),
-                                "{} row {t} col {j}: {got}, want NaN",
-                                case.name
-                            );
+                            assert!(got.is_nan(), "{} row {t} col {j}: {got}, want NaN", case.name);
                             continue;
                         }
                         let err = (got.to_f64() - dot).abs();
-                        assert!(
-                            err <= mag / 128.0,
-                            "{} row {t} col {j}: {got} vs {dot}",
-                            case.name
-                        );
+                        assert!(err <= mag / 128.0, "{} row {t} col {j}: {got} vs {dot}", case.name);
                         checked += 1;
                         exact += usize::from(got == bf16::from_f64(dot));
                     }
                 }
-                assert!(
-                    exact * 100 >= checked * 99,
-                    "{}: {exact}/{checked} exact",
-                    case.name
-                );
+                assert!(exact * 100 >= checked * 99, "{}: {exact}/{checked} exact", case.name);
             });
         }
     });
@@ -246,9 +186,7 @@ fn head_norm(v: &[bf16], w: &[bf16], eps: f32) -> Vec<bf16> {
         .flat_map(|head| {
             let ms = head.iter().map(|x| x.to_f32() * x.to_f32()).sum::<f32>() / w.len() as f32;
             let inv = (1.0 / (f64::from(ms) + f64::from(eps)).sqrt()) as f32;
-            head.iter().zip(w).map(move |(x, w)| {
-                bf16::from_f32(w.to_f32() * bf16::from_f32(x.to_f32() * inv).to_f32())
-            })
+            head.iter().zip(w).map(move |(x, w)| bf16::from_f32(w.to_f32() * bf16::from_f32(x.to_f32() * inv).to_f32()))
         })
         .collect()
 }
@@ -258,10 +196,9 @@ fn q_normed_and_k_normed_are_per_head_rmsnorm_of_q_and_k() {
     // Our f32 sum and rsqrt may differ from the GPU's in the last bit, which flips a rounding now
     // and then (observed: <= 9 of 524288 elements, <= 2 bf16 steps); everything else is exact.
     for case in cases() {
-        for (normed, src, w) in [
-            (Stage::QNormed, Stage::Q, &case.weights.q_norm),
-            (Stage::KNormed, Stage::K, &case.weights.k_norm),
-        ] {
+        for (normed, src, w) in
+            [(Stage::QNormed, Stage::Q, &case.weights.q_norm), (Stage::KNormed, Stage::K, &case.weights.k_norm)]
+        {
             let want = head_norm(stage(case, src), w, case.eps);
             let got = stage(case, normed);
             let mut differ = 0;
@@ -271,37 +208,19 @@ fn q_normed_and_k_normed_are_per_head_rmsnorm_of_q_and_k() {
                 }
                 differ += 1;
                 let steps = (i32::from(g.to_bits() as i16) - i32::from(e.to_bits() as i16)).abs();
-                assert!(
-                    steps <= 2,
-                    "{} {normed}[{i}] = {g}, recomputed {e}",
-                    case.name
-                );
+                assert!(steps <= 2, "{} {normed}[{i}] = {g}, recomputed {e}", case.name);
             }
-            assert!(
-                differ * 1000 <= got.len(),
-                "{} {normed}: {differ} differ",
-                case.name
-            );
+            assert!(differ * 1000 <= got.len(), "{} {normed}: {differ} differ", case.name);
         }
     }
 }
 
 #[test]
 fn nonfinite_case_has_nan_exactly_in_rows_whose_x_is_nonfinite() {
-    let case = cases()
-        .iter()
-        .find(|c| c.name == "nonfinite-h256-t9")
-        .unwrap();
-    let bad: Vec<usize> = rows(case)
-        .enumerate()
-        .filter(|(_, row)| row.iter().any(|x| !x.is_finite()))
-        .map(|(t, _)| t)
-        .collect();
-    assert_eq!(
-        bad,
-        [2, 5, 7],
-        "capture.py's cells put NaN/Inf in rows 2, 5 and 7"
-    );
+    let case = cases().iter().find(|c| c.name == "nonfinite-h256-t9").unwrap();
+    let bad: Vec<usize> =
+        rows(case).enumerate().filter(|(_, row)| row.iter().any(|x| !x.is_finite())).map(|(t, _)| t).collect();
+    assert_eq!(bad, [2, 5, 7], "capture.py's cells put NaN/Inf in rows 2, 5 and 7");
     let t = case.shape.t;
     for st in Stage::ALL.into_iter().filter(|&s| s != Stage::InvRms) {
         let values = stage(case, st);
@@ -321,11 +240,7 @@ fn nonfinite_case_has_nan_exactly_in_rows_whose_x_is_nonfinite() {
     let r = inv_rms(case);
     assert!(r[2].is_nan() && r[7].is_nan(), "{r:?}");
     assert_eq!(r[5], 0.0, "rsqrt(inf) is 0");
-    assert!(
-        r.iter()
-            .enumerate()
-            .all(|(i, v)| bad.contains(&i) || v.is_finite())
-    );
+    assert!(r.iter().enumerate().all(|(i, v)| bad.contains(&i) || v.is_finite()));
 }
 
 #[test]
@@ -337,49 +252,26 @@ fn summary_lists_every_entry_once_with_shape_bytes_and_weights() {
     assert_eq!(lines.len(), 1 + m.weights.len() + m.cases.len());
     assert_eq!(lines[0], "6 weight sets, 17 cases, eps 1e-6");
     let small = lines.iter().find(|l| l.contains("small-h64-t3")).unwrap();
-    for part in [
-        "3676 bytes",
-        "t=3 h=64 nq=4 nkv=2 d=16",
-        "weights small-h64",
-    ] {
+    for part in ["3676 bytes", "t=3 h=64 nq=4 nkv=2 d=16", "weights small-h64"] {
         assert!(small.contains(part), "{small}");
     }
-    assert!(
-        !text.contains(&m.cases[0].sha256[..12]),
-        "hashes change on recapture: leave them out"
-    );
+    assert!(!text.contains(&m.cases[0].sha256[..12]), "hashes change on recapture: leave them out");
 }
 
 #[test]
 fn weights_are_read_once_and_shared_across_threads() {
     let m = manifest();
     let cache = WeightsCache::new();
-    let typical: Vec<_> = m
-        .cases
-        .iter()
-        .filter(|c| c.weights == "qwen3-typical")
-        .collect();
+    let typical: Vec<_> = m.cases.iter().filter(|c| c.weights == "qwen3-typical").collect();
     assert!(typical.len() >= 5);
     let loaded: Vec<Case> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .flat_map(|_| &typical)
-            .map(|entry| scope.spawn(|| m.load_case(entry, &cache).unwrap()))
-            .collect();
+        let handles: Vec<_> =
+            (0..4).flat_map(|_| &typical).map(|entry| scope.spawn(|| m.load_case(entry, &cache).unwrap())).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(
-        cache.files_read(),
-        1,
-        "one 8 MiB file, read and hashed once"
-    );
-    assert!(
-        loaded
-            .iter()
-            .all(|c| Arc::ptr_eq(&c.weights, &loaded[0].weights))
-    );
-    let weights = m
-        .load_weights(m.weights_entry("qwen3-typical").unwrap(), &cache)
-        .unwrap();
+    assert_eq!(cache.files_read(), 1, "one 8 MiB file, read and hashed once");
+    assert!(loaded.iter().all(|c| Arc::ptr_eq(&c.weights, &loaded[0].weights)));
+    let weights = m.load_weights(m.weights_entry("qwen3-typical").unwrap(), &cache).unwrap();
     assert!(Arc::ptr_eq(&weights, &loaded[0].weights));
     let names: HashSet<_> = loaded.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names.len(), typical.len());
@@ -390,10 +282,7 @@ fn default_dir_is_this_crates_data_unless_overridden() {
     let dir = Manifest::default_dir();
     match std::env::var_os(GOLDEN_DIR_ENV) {
         Some(v) if !v.is_empty() => assert_eq!(dir, std::path::PathBuf::from(v)),
-        _ => assert_eq!(
-            dir,
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
-        ),
+        _ => assert_eq!(dir, std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data")),
     }
     assert!(dir.join("manifest.json").is_file(), "{}", dir.display());
 }

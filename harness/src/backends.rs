@@ -1,8 +1,10 @@
 //! Choosing backends: the CPU emulation always runs; CUDA runs where a driver and device exist.
 
 use crate::trials::BackendSlot;
+use fusegate_kernels::Backend;
 use fusegate_kernels::cpu::Cpu;
-use std::sync::Arc;
+use fusegate_kernels::cuda::Cuda;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Choice {
@@ -19,24 +21,18 @@ impl std::str::FromStr for Choice {
             "auto" => Ok(Choice::Auto),
             "cpu" => Ok(Choice::Cpu),
             "cuda" => Ok(Choice::Cuda),
-            _ => Err(format!(
-                "unknown backend {s:?} (expected auto, cpu or cuda)"
-            )),
+            _ => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
         }
     }
 }
 
 pub fn cpu() -> BackendSlot {
-    BackendSlot {
-        name: "cpu",
-        backend: Ok(Arc::new(Cpu)),
-    }
+    BackendSlot { name: "cpu", backend: Ok(Arc::new(Cpu)) }
 }
 
-/// The CUDA backend, or why it cannot run on this machine (never a panic).
+/// The CUDA backend (probed once per process), or why it cannot run on this machine (never a panic).
 pub fn cuda() -> BackendSlot {
-    BackendSlot {
-        name: "cuda",
-        backend: Err("the CUDA backend is not built yet".to_string()),
-    }
+    static CUDA: OnceLock<Result<Arc<dyn Backend>, String>> = OnceLock::new();
+    let backend = CUDA.get_or_init(|| Cuda::probe().map(|c| Arc::new(c) as Arc<dyn Backend>)).clone();
+    BackendSlot { name: "cuda", backend }
 }

@@ -39,13 +39,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            entries: Vec::new(),
-            case: None,
-            backend: Choice::Auto,
-            golden_dir: None,
-            seed: DEFAULT_SEED,
-        }
+        Options { entries: Vec::new(), case: None, backend: Choice::Auto, golden_dir: None, seed: DEFAULT_SEED }
     }
 }
 
@@ -95,11 +89,7 @@ pub fn select_entries(names: &[String]) -> Result<Vec<&'static Entry>, ConformEr
     }
     Ok(registry::all()
         .iter()
-        .filter(|e| {
-            names
-                .iter()
-                .any(|n| n == e.name || matches!(e.role, Role::Mutant { of } if of == n.as_str()))
-        })
+        .filter(|e| names.iter().any(|n| n == e.name || matches!(e.role, Role::Mutant { of } if of == n.as_str())))
         .collect())
 }
 
@@ -118,10 +108,7 @@ pub fn resolve_backends(choice: Choice) -> Result<(Vec<BackendSlot>, Vec<String>
             let slot = backends::cuda();
             match &slot.backend {
                 Ok(_) => Ok((vec![slot], vec!["backend auto: using CUDA".into()])),
-                Err(why) => Ok((
-                    vec![backends::cpu()],
-                    vec![format!("backend auto: {why}; using the CPU emulation")],
-                )),
+                Err(why) => Ok((vec![backends::cpu()], vec![format!("backend auto: {why}; using the CPU emulation")])),
             }
         }
     }
@@ -130,31 +117,16 @@ pub fn resolve_backends(choice: Choice) -> Result<(Vec<BackendSlot>, Vec<String>
 pub fn plan(opts: &Options) -> Result<Plan, ConformError> {
     let entries = select_entries(&opts.entries)?;
     let (slots, notes) = resolve_backends(opts.backend)?;
-    let dir = opts
-        .golden_dir
-        .clone()
-        .unwrap_or_else(Manifest::default_dir);
+    let dir = opts.golden_dir.clone().unwrap_or_else(Manifest::default_dir);
     let manifest = Manifest::load(&dir)?;
-    let cases: Vec<_> = manifest
-        .cases
-        .iter()
-        .filter(|c| opts.case.as_deref().is_none_or(|p| matches(p, &c.name)))
-        .cloned()
-        .collect();
+    let cases: Vec<_> =
+        manifest.cases.iter().filter(|c| opts.case.as_deref().is_none_or(|p| matches(p, &c.name))).cloned().collect();
     if cases.is_empty() {
-        return Err(ConformError::NoCase(
-            opts.case.clone().unwrap_or_default(),
-            dir.display().to_string(),
-        ));
+        return Err(ConformError::NoCase(opts.case.clone().unwrap_or_default(), dir.display().to_string()));
     }
     let trials = trials::list(&slots, &entries, &cases);
     let backend_label = slots.iter().map(|s| s.name).collect::<Vec<_>>().join("+");
-    Ok(Plan {
-        suite: Suite::new(manifest, opts.seed),
-        trials,
-        backend_label,
-        notes,
-    })
+    Ok(Plan { suite: Suite::new(manifest, opts.seed), trials, backend_label, notes })
 }
 
 /// Runs every trial of the plan (in parallel) and assembles the results file's content.
@@ -169,14 +141,12 @@ pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun
             r
         })
         .collect();
-    let device = plan
-        .trials
-        .iter()
-        .find_map(|t| t.backend.backend.as_ref().ok().and_then(|b| b.device()));
+    let device = plan.trials.iter().find_map(|t| t.backend.backend.as_ref().ok().and_then(|b| b.device()));
     ConformanceRun::new(
         plan.backend_label.clone(),
         Environment::capture(device),
         plan.suite.manifest.provenance.clone(),
+        plan.suite.load_errors(),
         reports,
         start.elapsed().as_secs_f64(),
     )
@@ -197,17 +167,10 @@ mod tests {
 
     #[test]
     fn a_variant_brings_its_mutants_and_unknown_names_are_errors() {
-        let picked: Vec<_> = select_entries(&["exact".into()])
-            .unwrap()
-            .iter()
-            .map(|e| e.name)
-            .collect();
+        let picked: Vec<_> = select_entries(&["exact".into()]).unwrap().iter().map(|e| e.name).collect();
         assert!(picked.contains(&"exact") && picked.contains(&"mutant-batch-variant"));
         assert!(!picked.contains(&"mixed"));
         let err = select_entries(&["fast".into()]).unwrap_err().to_string();
-        assert!(
-            err.contains("\"fast\"") && err.contains("mixed") && !err.contains('\n'),
-            "{err}"
-        );
+        assert!(err.contains("\"fast\"") && err.contains("mixed") && !err.contains('\n'), "{err}");
     }
 }

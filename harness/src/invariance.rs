@@ -2,19 +2,13 @@
 //! of T rows, same bits), on fresh synthetic Qwen3-0.6B inputs.
 
 use crate::verdict::Verdict;
-use fusegate_kernels::{
-    Backend, BackendError, Contract, Entry, Observed, OpInputs, Shape, Stage, synth,
-};
+use fusegate_kernels::{Backend, BackendError, Contract, Entry, Observed, OpInputs, Shape, Stage, synth};
 use serde::Serialize;
 
 /// Token counts each row is checked inside. The CPU stops at 256 to keep CI fast; GPUs go to a
 /// prefill-sized 2048, where tile choices change.
 pub fn token_counts(backend: &str) -> &'static [usize] {
-    if backend == "cpu" {
-        &[7, 64, 256]
-    } else {
-        &[7, 64, 256, 2048]
-    }
+    if backend == "cpu" { &[7, 64, 256] } else { &[7, 64, 256, 2048] }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -39,49 +33,28 @@ impl InvarianceReport {
         if contract.batch_invariant && !self.batch_invariant {
             reasons.push("not batch-invariant: a row's output depends on T".to_string());
         }
-        if reasons.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Fail { reasons }
-        }
+        if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail { reasons } }
     }
 }
 
 /// Elements of q, k, v in `rows` of `a` (a run at some T) that differ from `b` (bits, NaN by class).
-fn differing(
-    a: &Observed,
-    a_row0: usize,
-    b: &Observed,
-    b_row0: usize,
-    rows: usize,
-    shape: &Shape,
-) -> usize {
+fn differing(a: &Observed, a_row0: usize, b: &Observed, b_row0: usize, rows: usize, shape: &Shape) -> usize {
     Stage::C
         .iter()
         .map(|s| {
             let width = s.len(shape) / shape.t;
-            let (Some(x), Some(y)) = (
-                a.get(s).and_then(|d| d.as_bf16()),
-                b.get(s).and_then(|d| d.as_bf16()),
-            ) else {
+            let (Some(x), Some(y)) = (a.get(s).and_then(|d| d.as_bf16()), b.get(s).and_then(|d| d.as_bf16())) else {
                 return usize::MAX / 4;
             };
             let xs = &x[a_row0 * width..(a_row0 + rows) * width];
             let ys = &y[b_row0 * width..(b_row0 + rows) * width];
-            xs.iter()
-                .zip(ys)
-                .filter(|(p, q)| !(p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())))
-                .count()
+            xs.iter().zip(ys).filter(|(p, q)| !(p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()))).count()
         })
         .sum()
 }
 
 /// Runs `entry` on `backend` at every token count and compares bits.
-pub fn check(
-    backend: &dyn Backend,
-    entry: &Entry,
-    seed: u64,
-) -> Result<InvarianceReport, BackendError> {
+pub fn check(backend: &dyn Backend, entry: &Entry, seed: u64) -> Result<InvarianceReport, BackendError> {
     let ts = token_counts(backend.name());
     let t_max = *ts.iter().max().expect("token counts are non-empty");
     let full = Shape::qwen3_06b(t_max);
@@ -90,15 +63,7 @@ pub fn check(
     let h = full.h;
     let run = |t: usize, row0: usize| {
         let shape = full.with_t(t);
-        backend.run(
-            entry,
-            &OpInputs {
-                shape,
-                x: &x[row0 * h..(row0 + t) * h],
-                weights: &weights,
-                eps: 1e-6,
-            },
-        )
+        backend.run(entry, &OpInputs { shape, x: &x[row0 * h..(row0 + t) * h], weights: &weights, eps: 1e-6 })
     };
     let mut differences = Vec::new();
     let first = run(t_max, 0)?;
@@ -114,23 +79,14 @@ pub fn check(
     rows.sort_unstable();
     rows.dedup();
     let mut batch_invariant = true;
-    let alone: Vec<(usize, Observed)> = rows
-        .iter()
-        .map(|&r| run(1, r).map(|o| (r, o)))
-        .collect::<Result<_, _>>()?;
+    let alone: Vec<(usize, Observed)> = rows.iter().map(|&r| run(1, r).map(|o| (r, o))).collect::<Result<_, _>>()?;
     for &t in ts {
-        let batch = if t == t_max {
-            first.clone()
-        } else {
-            run(t, 0)?
-        };
+        let batch = if t == t_max { first.clone() } else { run(t, 0)? };
         for (r, single) in alone.iter().filter(|(r, _)| *r < t) {
             let n = differing(&batch, *r, single, 0, 1, &full.with_t(1));
             if n > 0 {
                 batch_invariant = false;
-                differences.push(format!(
-                    "row {r}: {n} elements differ between T=1 and T={t}"
-                ));
+                differences.push(format!("row {r}: {n} elements differ between T=1 and T={t}"));
             }
         }
     }

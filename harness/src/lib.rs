@@ -3,10 +3,12 @@
 //! determinism and batch invariance, and lists the trials every front end runs.
 
 pub mod backends;
+pub mod bench;
 pub mod conform;
 pub mod invariance;
 pub mod metrics;
 pub mod results;
+pub mod roofline;
 pub mod trials;
 pub mod truth;
 pub mod verdict;

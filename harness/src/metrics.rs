@@ -79,16 +79,8 @@ pub fn ulp_distance<T: Ordered>(a: T, b: T) -> u64 {
 }
 
 /// Upper edges of the ULP histogram's buckets: 0, 1, 2, 3-4, 5-8, 9-16, 17-256, more.
-pub const ULP_BUCKETS: [(u64, &str); 8] = [
-    (0, "0"),
-    (1, "1"),
-    (2, "2"),
-    (4, "3-4"),
-    (8, "5-8"),
-    (16, "9-16"),
-    (256, "17-256"),
-    (u64::MAX, ">256"),
-];
+pub const ULP_BUCKETS: [(u64, &str); 8] =
+    [(0, "0"), (1, "1"), (2, "2"), (4, "3-4"), (8, "5-8"), (16, "9-16"), (256, "17-256"), (u64::MAX, ">256")];
 
 /// How many offending indices a report keeps.
 const FIRST_N: usize = 5;
@@ -119,20 +111,12 @@ pub struct Comparison {
 
 impl Comparison {
     pub fn bit_exact_fraction(&self) -> f64 {
-        if self.elements == 0 {
-            1.0
-        } else {
-            self.bit_exact as f64 / self.elements as f64
-        }
+        if self.elements == 0 { 1.0 } else { self.bit_exact as f64 / self.elements as f64 }
     }
 
     /// Flat indices of elements more than `max_ulp` scaled ULPs apart, at most FIRST_N of them.
     pub fn offenders_over(&self, max_ulp: u64) -> Vec<usize> {
-        self.worst
-            .iter()
-            .filter(|(_, u)| *u > max_ulp)
-            .map(|(i, _)| *i)
-            .collect()
+        self.worst.iter().filter(|(_, u)| *u > max_ulp).map(|(i, _)| *i).collect()
     }
 }
 
@@ -162,11 +146,7 @@ fn row_floors<T: Ordered>(golden: &[T], row: usize) -> Vec<f64> {
 
 /// Compares two equally long slices of one format; `row` is the length of one token's row.
 pub fn compare<T: Ordered>(candidate: &[T], golden: &[T], row: usize) -> Comparison {
-    assert_eq!(
-        candidate.len(),
-        golden.len(),
-        "compare: lengths differ (checked by the caller)"
-    );
+    assert_eq!(candidate.len(), golden.len(), "compare: lengths differ (checked by the caller)");
     let floors = row_floors(golden, row);
     let mut c = Comparison {
         elements: golden.len(),
@@ -201,10 +181,7 @@ pub fn compare<T: Ordered>(candidate: &[T], golden: &[T], row: usize) -> Compari
         if u == 0 {
             c.bit_exact += 1;
         }
-        let bucket = ULP_BUCKETS
-            .iter()
-            .position(|&(edge, _)| u <= edge)
-            .unwrap_or(ULP_BUCKETS.len() - 1);
+        let bucket = ULP_BUCKETS.iter().position(|&(edge, _)| u <= edge).unwrap_or(ULP_BUCKETS.len() - 1);
         c.ulp_histogram[bucket] += 1;
         c.max_ulp = c.max_ulp.max(u);
         let (af, gf) = (a.to_f64(), g.to_f64());
@@ -212,8 +189,7 @@ pub fn compare<T: Ordered>(candidate: &[T], golden: &[T], row: usize) -> Compari
         let scaled = if u == 0 {
             0
         } else {
-            u.min((abs / ulp_at::<T>(af.abs().max(gf.abs()).max(floors[i]))).ceil() as u64)
-                .max(1)
+            u.min((abs / ulp_at::<T>(af.abs().max(gf.abs()).max(floors[i]))).ceil() as u64).max(1)
         };
         if scaled > 0 && (c.worst.len() < FIRST_N || scaled > c.worst[FIRST_N - 1].1) {
             c.worst.push((i, scaled));
@@ -250,11 +226,7 @@ pub fn rel_l2(values: &StageData, truth: &[f64]) -> f64 {
             den += t * t;
         }
     }
-    if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
-    } else {
-        (num / den).sqrt()
-    }
+    if den == 0.0 { if num == 0.0 { 0.0 } else { f64::INFINITY } } else { (num / den).sqrt() }
 }
 
 /// candidate's error over the golden's error against the same truth (1.0 when both are exact).
@@ -280,10 +252,7 @@ mod tests {
         assert_eq!(ulp_distance(b(0.0), b(-0.0)), 0);
         let tiny = bf16::from_bits(1);
         assert_eq!(ulp_distance(tiny, -tiny), 2);
-        assert_eq!(
-            ulp_distance(1.0f32, f32::from_bits(1.0f32.to_bits() + 3)),
-            3
-        );
+        assert_eq!(ulp_distance(1.0f32, f32::from_bits(1.0f32.to_bits() + 3)), 3);
     }
 
     #[test]
@@ -294,14 +263,7 @@ mod tests {
         assert_eq!((c.bit_exact, c.class_mismatches), (3, 0));
         let moved = [b(1.0), bf16::NAN, bf16::NEG_INFINITY];
         let c = compare(&moved, &g, 3);
-        assert_eq!(
-            (
-                c.bit_exact,
-                c.class_mismatches,
-                c.first_class_mismatch.clone()
-            ),
-            (0, 3, vec![0, 1, 2])
-        );
+        assert_eq!((c.bit_exact, c.class_mismatches, c.first_class_mismatch.clone()), (0, 3, vec![0, 1, 2]));
     }
 
     #[test]
@@ -330,15 +292,8 @@ mod tests {
         let mut c = g.clone();
         c[5] = b(-1e-6);
         let r = compare(&c, &g, 64);
-        assert!(
-            r.max_ulp > 10_000,
-            "raw distance spans the exponent range: {}",
-            r.max_ulp
-        );
-        assert_eq!(
-            r.max_scaled_ulp, 1,
-            "2e-6 is far below one ULP at the row's scale"
-        );
+        assert!(r.max_ulp > 10_000, "raw distance spans the exponent range: {}", r.max_ulp);
+        assert_eq!(r.max_scaled_ulp, 1, "2e-6 is far below one ULP at the row's scale");
         assert_eq!(r.worst, vec![(5, 1)]);
     }
 

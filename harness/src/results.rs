@@ -14,10 +14,12 @@
 
 use crate::trials::{Check, Outcome, TrialReport};
 use fusegate_golden::Provenance;
+use fusegate_kernels::{Stage, Truth};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const SCHEMA: &str = "fusegate-conformance-v1";
 
@@ -41,10 +43,7 @@ impl Environment {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let cpu_model = read("/proc/cpuinfo")
             .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-            })
+            .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
             .unwrap_or_else(|| "unknown".into());
         Environment {
             host: read("/proc/sys/kernel/hostname").trim().to_string(),
@@ -53,9 +52,7 @@ impl Environment {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
             fusegate_version: env!("CARGO_PKG_VERSION"),
-            git_commit: option_env!("FUSEGATE_GIT_COMMIT")
-                .unwrap_or("unknown")
-                .to_string(),
+            git_commit: git_commit(),
             utc: utc_now(),
             device,
         }
@@ -74,8 +71,7 @@ fn git_commit() -> String {
     };
     match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(c) if !c.is_empty() => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
             if dirty { format!("{c}-dirty") } else { c }
         }
         _ => std::env::var("FUSEGATE_GIT_COMMIT").unwrap_or_else(|_| "unknown".into()),
@@ -84,9 +80,7 @@ fn git_commit() -> String {
 
 /// UTC time as RFC 3339, without a date crate.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -98,12 +92,7 @@ pub fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -121,6 +110,8 @@ pub struct ConformanceRun {
     pub environment: Environment,
     pub golden: Provenance,
     pub summary: Summary,
+    /// Golden cases that could not be loaded, one line each (their trials failed).
+    pub errors: Vec<String>,
     pub trials: Vec<TrialReport>,
 }
 
@@ -129,13 +120,11 @@ impl ConformanceRun {
         backend: String,
         environment: Environment,
         golden: Provenance,
+        errors: Vec<String>,
         trials: Vec<TrialReport>,
         seconds: f64,
     ) -> Self {
-        let mut summary = Summary {
-            seconds,
-            ..Summary::default()
-        };
+        let mut summary = Summary { seconds, ..Summary::default() };
         for t in &trials {
             match t.outcome {
                 Outcome::Passed => summary.passed += 1,
@@ -143,14 +132,7 @@ impl ConformanceRun {
                 Outcome::Ignored(_) => summary.ignored += 1,
             }
         }
-        ConformanceRun {
-            schema: SCHEMA,
-            backend,
-            environment,
-            golden,
-            summary,
-            trials,
-        }
+        ConformanceRun { schema: SCHEMA, backend, environment, golden, summary, errors, trials }
     }
 
     pub fn ok(&self) -> bool {
@@ -178,11 +160,7 @@ impl ConformanceRun {
                 (Outcome::Ignored(_), _) => "ignored",
             };
             let (exact, ulp, ratio) = match t.stage_c() {
-                Some((e, u, r)) => (
-                    format!("{:.3}", 100.0 * e),
-                    u.to_string(),
-                    format!("{r:.3}"),
-                ),
+                Some((e, u, r)) => (format!("{:.3}", 100.0 * e), u.to_string(), format!("{r:.3}")),
                 None => ("-".into(), "-".into(), "-".into()),
             };
             let note = note(t);
@@ -192,6 +170,7 @@ impl ConformanceRun {
                 t.backend, t.entry, case, verdict, exact, ulp, ratio
             );
         }
+        s.push_str(&self.entry_summary());
         let _ = writeln!(
             s,
             "\n{} passed, {} failed, {} ignored in {:.1} s",
@@ -199,6 +178,56 @@ impl ConformanceRun {
         );
         s
     }
+}
+
+impl ConformanceRun {
+    /// Per entry over its golden trials: how close to HF bitwise, how accurate against fp64 truth.
+    pub fn entry_summary(&self) -> String {
+        let mut s = String::from("\nper entry, over its golden cases (q, k, v together):\n");
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for t in &self.trials {
+            if !seen.contains(&(t.backend, t.entry)) {
+                seen.push((t.backend, t.entry));
+            }
+        }
+        for (backend, entry) in seen {
+            let golden: Vec<&TrialReport> = self
+                .trials
+                .iter()
+                .filter(|t| t.backend == backend && t.entry == entry && matches!(t.check, Check::Golden { .. }))
+                .collect();
+            let c: Vec<(f64, u64, f64)> = golden.iter().filter_map(|t| t.stage_c()).collect();
+            if c.is_empty() {
+                continue;
+            }
+            let passed = golden.iter().filter(|t| t.outcome == Outcome::Passed).count();
+            let (lo, hi) = c.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(x.0), h.max(x.0)));
+            let max_ulp = c.iter().map(|x| x.1).max().unwrap_or(0);
+            let (rlo, rhi) = c.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(x.2), h.max(x.2)));
+            let truth = golden
+                .iter()
+                .flat_map(|t| &t.stages)
+                .find_map(|st| st.bound.filter(|b| b.max_error_ratio.is_some() && Stage::C.contains(&st.stage)))
+                .map_or("golden-operand", |b| match b.truth {
+                    Truth::IdealMath => "exact-op",
+                    Truth::GoldenOperands => "golden-operand",
+                });
+            let verb = if t_is_mutant(&golden) { "rejected" } else { "passed" };
+            let _ = writeln!(
+                s,
+                "  {backend}/{entry}: {verb} {passed}/{}; bit-identical to PyTorch on {:.2}-{:.2}% of outputs, \
+                 max {max_ulp} ulp; error to the {truth} fp64 truth {rlo:.3}-{rhi:.3}x PyTorch's",
+                golden.len(),
+                100.0 * lo,
+                100.0 * hi,
+            );
+        }
+        s
+    }
+}
+
+fn t_is_mutant(trials: &[&TrialReport]) -> bool {
+    trials.first().is_some_and(|t| t.mutant_of.is_some())
 }
 
 /// The one thing worth reading about a trial, on its line.
@@ -227,32 +256,42 @@ fn yes(b: bool) -> &'static str {
 fn first_line(s: &str) -> String {
     const MAX: usize = 110;
     let s = s.lines().next().unwrap_or("");
-    if s.len() > MAX {
-        format!("{}...", &s[..s.floor_char_boundary(MAX)])
-    } else {
-        s.to_string()
-    }
+    if s.len() > MAX { format!("{}...", &s[..s.floor_char_boundary(MAX)]) } else { s.to_string() }
 }
 
 /// Writes `bytes` to `path` through a temp file in the same directory and a rename, so a reader
 /// never sees half a file and a failed write loses nothing already there.
+///
+/// The temp name (`.<name>.<pid>-<n>.tmp`) is unique per call: the pid separates processes and a
+/// process-wide counter separates calls within one, threads included. Concurrent writers to one
+/// path therefore never share a temp file; each rename replaces the file whole, so the last one
+/// wins and no reader ever sees a mix. A temp file is removed when its write fails.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    use std::io::{Error, ErrorKind};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let with = |e: Error, what: String| Error::new(e.kind(), format!("{what}: {e}"));
+    let Some(name) = path.file_name() else {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a file path"));
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::new(ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| with(e, format!("cannot create directory {}", dir.display())))?;
+    // create_new: never truncate a file this call did not create (a stale temp of a reused pid).
+    let (tmp, mut file) = loop {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let tmp: PathBuf = dir.join(format!(".{}.{}-{n}.tmp", name.to_string_lossy(), std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(with(e, format!("cannot create a temp file in {}", dir.display()))),
+        }
+    };
+    let result = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| {
+        drop(file);
         std::fs::rename(&tmp, path)
-    })();
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

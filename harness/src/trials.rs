@@ -67,32 +67,18 @@ impl Trial {
 }
 
 /// Every trial for these backends, entries and cases, in a stable order.
-pub fn list(
-    backends: &[BackendSlot],
-    entries: &[&'static Entry],
-    cases: &[CaseEntry],
-) -> Vec<Trial> {
+pub fn list(backends: &[BackendSlot], entries: &[&'static Entry], cases: &[CaseEntry]) -> Vec<Trial> {
     let mut out = Vec::new();
     for b in backends {
         for &entry in entries {
             let (golden, invariance) = checks_for(entry);
             if golden {
                 for c in cases {
-                    out.push(Trial {
-                        backend: b.clone(),
-                        entry,
-                        check: Check::Golden {
-                            case: c.name.clone(),
-                        },
-                    });
+                    out.push(Trial { backend: b.clone(), entry, check: Check::Golden { case: c.name.clone() } });
                 }
             }
             if invariance {
-                out.push(Trial {
-                    backend: b.clone(),
-                    entry,
-                    check: Check::Invariance,
-                });
+                out.push(Trial { backend: b.clone(), entry, check: Check::Invariance });
             }
         }
     }
@@ -139,30 +125,15 @@ pub struct TrialReport {
 impl TrialReport {
     /// q, k and v taken together: (bit-exact fraction, max scaled ulp, worst error ratio under the contract's truth).
     pub fn stage_c(&self) -> Option<(f64, u64, f64)> {
-        let c: Vec<&StageReport> = self
-            .stages
-            .iter()
-            .filter(|s| Stage::C.contains(&s.stage))
-            .collect();
+        let c: Vec<&StageReport> = self.stages.iter().filter(|s| Stage::C.contains(&s.stage)).collect();
         if c.is_empty() {
             return None;
         }
-        let (exact, total) = c.iter().fold((0, 0), |(e, t), s| {
-            (e + s.comparison.bit_exact, t + s.comparison.elements)
-        });
-        let max_ulp = c
-            .iter()
-            .map(|s| s.comparison.max_scaled_ulp)
-            .max()
-            .unwrap_or(0);
+        let (exact, total) = c.iter().fold((0, 0), |(e, t), s| (e + s.comparison.bit_exact, t + s.comparison.elements));
+        let max_ulp = c.iter().map(|s| s.comparison.max_scaled_ulp).max().unwrap_or(0);
         let ratio = c
             .iter()
-            .map(|s| {
-                s.error_ratio(
-                    s.bound
-                        .map_or(fusegate_kernels::Truth::GoldenOperands, |b| b.truth),
-                )
-            })
+            .map(|s| s.error_ratio(s.bound.map_or(fusegate_kernels::Truth::GoldenOperands, |b| b.truth)))
             .fold(0.0, f64::max);
         Some((exact as f64 / total.max(1) as f64, max_ulp, ratio))
     }
@@ -187,49 +158,37 @@ pub struct Suite {
 
 impl Suite {
     pub fn new(manifest: Manifest, seed: u64) -> Suite {
-        Suite {
-            manifest,
-            weights: WeightsCache::default(),
-            cases: Mutex::default(),
-            seed,
-        }
+        Suite { manifest, weights: WeightsCache::default(), cases: Mutex::default(), seed }
     }
 
     /// Loads a case and its truths once; every later call shares the result (or the error).
     pub fn prepared(&self, name: &str) -> Result<Arc<Prepared>, String> {
-        let cell = self
-            .cases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .clone();
+        let cell = self.cases.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
         cell.get_or_init(|| {
             let entry = self
                 .manifest
                 .cases
                 .iter()
                 .find(|c| c.name == name)
-                .ok_or_else(|| {
-                    format!(
-                        "no golden case named {name:?} in {}",
-                        self.manifest.dir.display()
-                    )
-                })?;
-            let case = self
-                .manifest
-                .load_case(entry, &self.weights)
-                .map_err(|e| e.to_string())?;
-            let truths = truth::compute(
-                &case.shape,
-                case.eps,
-                &case.x,
-                &case.weights,
-                &case.reference,
-            );
+                .ok_or_else(|| format!("no golden case named {name:?} in {}", self.manifest.dir.display()))?;
+            let case = self.manifest.load_case(entry, &self.weights).map_err(|e| e.to_string())?;
+            let truths = truth::compute(&case.shape, case.eps, &case.x, &case.weights, &case.reference);
             Ok(Arc::new(Prepared { case, truths }))
         })
         .clone()
+    }
+
+    /// One line per golden case that failed to load, in case order.
+    pub fn load_errors(&self) -> Vec<String> {
+        let cases = self.cases.lock().unwrap_or_else(|p| p.into_inner());
+        self.manifest
+            .cases
+            .iter()
+            .filter_map(|c| match cases.get(&c.name)?.get()? {
+                Err(e) => Some(e.clone()),
+                Ok(_) => None,
+            })
+            .collect()
     }
 
     /// Runs one trial. Never panics on bad data: every problem becomes a Failed outcome.
@@ -265,17 +224,12 @@ impl Suite {
 
     /// The contract verdict, or the outcome that stopped the trial before a verdict.
     fn judge(&self, trial: &Trial, report: &mut TrialReport) -> Result<Verdict, Outcome> {
-        let backend = trial
-            .backend
-            .backend
-            .as_ref()
-            .map_err(|why| Outcome::Ignored(why.clone()))?;
+        let backend = trial.backend.backend.as_ref().map_err(|why| Outcome::Ignored(why.clone()))?;
         backend.supports(trial.entry).map_err(Outcome::Ignored)?;
         let contract = trial.entry.contract();
         match &trial.check {
             Check::Invariance => {
-                let inv = invariance::check(backend.as_ref(), trial.entry, self.seed)
-                    .map_err(backend_failure)?;
+                let inv = invariance::check(backend.as_ref(), trial.entry, self.seed).map_err(backend_failure)?;
                 let verdict = inv.verdict(&contract);
                 report.invariance = Some(inv);
                 Ok(verdict)
@@ -290,13 +244,8 @@ impl Suite {
                     add_head_norms(&mut emulated, &p.case);
                     report.agreement_with_cpu = agreement(&observed, &emulated, &p.case.shape);
                 }
-                let (verdict, stages) = verdict::evaluate(
-                    &contract,
-                    &observed,
-                    &p.case.reference,
-                    &p.truths,
-                    &p.case.shape,
-                );
+                let (verdict, stages) =
+                    verdict::evaluate(&contract, &observed, &p.case.reference, &p.truths, &p.case.shape);
                 report.stages = stages;
                 Ok(verdict)
             }
@@ -306,9 +255,7 @@ impl Suite {
 
 fn backend_failure(e: BackendError) -> Outcome {
     match e {
-        BackendError::Unavailable { .. } | BackendError::Unsupported { .. } => {
-            Outcome::Ignored(e.to_string())
-        }
+        BackendError::Unavailable { .. } | BackendError::Unsupported { .. } => Outcome::Ignored(e.to_string()),
         _ => Outcome::Failed(e.to_string()),
     }
 }
@@ -319,9 +266,9 @@ fn outcome_of(entry: &Entry, verdict: &Verdict) -> Outcome {
         (false, Verdict::Pass) => Outcome::Passed,
         (false, Verdict::Fail { reasons }) => Outcome::Failed(reasons.join("; ")),
         (true, Verdict::Fail { .. }) => Outcome::Passed,
-        (true, Verdict::Pass) => Outcome::Failed(
-            "mutant accepted: the contract cannot see this defect on this case".into(),
-        ),
+        (true, Verdict::Pass) => {
+            Outcome::Failed("mutant accepted: the contract cannot see this defect on this case".into())
+        }
     }
 }
 
@@ -329,10 +276,7 @@ fn outcome_of(entry: &Entry, verdict: &Verdict) -> Outcome {
 /// candidate's q/k through them shows whether extreme k_norm weights amplify its error.
 fn add_head_norms(observed: &mut Observed, case: &Case) {
     let (d, eps, w) = (case.shape.d, case.eps, &case.weights);
-    for (from, to, weight) in [
-        (Stage::Q, Stage::QNormed, &w.q_norm),
-        (Stage::K, Stage::KNormed, &w.k_norm),
-    ] {
+    for (from, to, weight) in [(Stage::Q, Stage::QNormed, &w.q_norm), (Stage::K, Stage::KNormed, &w.k_norm)] {
         if let Some(StageData::Bf16(v)) = observed.get(&from) {
             let normed = cpu::hf_rmsnorm_rows(v, weight, eps, d);
             observed.insert(to, StageData::Bf16(normed));
@@ -343,13 +287,8 @@ fn add_head_norms(observed: &mut Observed, case: &Case) {
 fn agreement(gpu: &Observed, cpu: &Observed, shape: &fusegate_kernels::Shape) -> Vec<Agreement> {
     gpu.iter()
         .filter_map(|(&stage, g)| {
-            let c: Comparison =
-                metrics::compare_stage(g, cpu.get(&stage)?, stage.len(shape) / shape.t)?;
-            Some(Agreement {
-                stage,
-                bit_exact_fraction: c.bit_exact_fraction(),
-                max_ulp: c.max_scaled_ulp,
-            })
+            let c: Comparison = metrics::compare_stage(g, cpu.get(&stage)?, stage.len(shape) / shape.t)?;
+            Some(Agreement { stage, bit_exact_fraction: c.bit_exact_fraction(), max_ulp: c.max_scaled_ulp })
         })
         .collect()
 }

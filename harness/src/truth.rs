@@ -34,11 +34,7 @@ fn f64s(v: &[half::bf16]) -> Vec<f64> {
 fn rmsnorm64(x: &[f64], w: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let width = w.len();
     let rows = x.len() / width;
-    let (mut r, mut a, mut b) = (
-        Vec::with_capacity(rows),
-        Vec::with_capacity(x.len()),
-        Vec::with_capacity(x.len()),
-    );
+    let (mut r, mut a, mut b) = (Vec::with_capacity(rows), Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
     for row in x.chunks_exact(width) {
         let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / width as f64 + eps).sqrt();
         r.push(inv);
@@ -78,13 +74,7 @@ fn split_qkv(c: &[f64], s: &Shape) -> [Vec<f64>; 3] {
 }
 
 /// Computes both truths of a case from its inputs and (for `golden_operands`) its golden stages.
-pub fn compute(
-    shape: &Shape,
-    eps: f32,
-    x: &[half::bf16],
-    w: &Weights,
-    golden: &BTreeMap<Stage, StageData>,
-) -> Truths {
+pub fn compute(shape: &Shape, eps: f32, x: &[half::bf16], w: &Weights, golden: &BTreeMap<Stage, StageData>) -> Truths {
     let eps = eps as f64;
     let (x64, wn, wqkv) = (f64s(x), f64s(&w.norm), f64s(&w.qkv));
     let (qn, kn) = (f64s(&w.q_norm), f64s(&w.k_norm));
@@ -117,10 +107,7 @@ pub fn compute(
     golden_operands.insert(Stage::V, v_);
     golden_operands.insert(Stage::QNormed, head_norm(&g(Stage::Q), &qn));
     golden_operands.insert(Stage::KNormed, head_norm(&g(Stage::K), &kn));
-    Truths {
-        ideal,
-        golden_operands,
-    }
+    Truths { ideal, golden_operands }
 }
 
 #[cfg(test)]
@@ -129,13 +116,7 @@ mod tests {
 
     #[test]
     fn gemm64_matches_hand_computed_product() {
-        let s = Shape {
-            t: 2,
-            h: 3,
-            nq: 1,
-            nkv: 1,
-            d: 1,
-        };
+        let s = Shape { t: 2, h: 3, nq: 1, nkv: 1, d: 1 };
         let a = [1.0, 2.0, 3.0, -1.0, 0.5, 4.0];
         let w = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0];
         assert_eq!(gemm64(&a, &w, &s), vec![1.0, 2.0, 6.0, -1.0, 0.5, 3.5]);

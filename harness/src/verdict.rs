@@ -18,11 +18,7 @@ impl Verdict {
         matches!(self, Verdict::Pass)
     }
     fn from_reasons(reasons: Vec<String>) -> Verdict {
-        if reasons.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Fail { reasons }
-        }
+        if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail { reasons } }
     }
 }
 
@@ -65,11 +61,7 @@ pub fn coords(stage: Stage, shape: &Shape, flat: usize) -> String {
 }
 
 fn list(stage: Stage, shape: &Shape, flats: &[usize]) -> String {
-    flats
-        .iter()
-        .map(|&i| coords(stage, shape, i))
-        .collect::<Vec<_>>()
-        .join(" ")
+    flats.iter().map(|&i| coords(stage, shape, i)).collect::<Vec<_>>().join(" ")
 }
 
 /// Checks one stage against its bound; returns the reasons it fails.
@@ -131,33 +123,19 @@ pub fn evaluate(
     for stage in Stage::ALL {
         let bound = contract.bound(stage).copied();
         let (Some(cand), Some(gold)) = (candidate.get(&stage), golden.get(&stage)) else {
-            let required =
-                Stage::C.contains(&stage) || matches!(stage, Stage::QNormed | Stage::KNormed);
+            let required = Stage::C.contains(&stage) || matches!(stage, Stage::QNormed | Stage::KNormed);
             if required && bound.is_some() {
                 reasons.push(format!("{stage}: not produced by the candidate"));
             }
             continue;
         };
-        let Some(comparison) =
-            metrics::compare_stage(cand, gold, stage.len(shape) / shape.t.max(1))
-        else {
-            reasons.push(format!(
-                "{stage}: {} elements or format differ from the golden's {}",
-                cand.len(),
-                gold.len()
-            ));
+        let Some(comparison) = metrics::compare_stage(cand, gold, stage.len(shape) / shape.t.max(1)) else {
+            reasons.push(format!("{stage}: {} elements or format differ from the golden's {}", cand.len(), gold.len()));
             continue;
         };
-        let err = |truth: Truth, data| {
-            truths
-                .get(truth, stage)
-                .map_or(f64::NAN, |t| metrics::rel_l2(data, t))
-        };
+        let err = |truth: Truth, data| truths.get(truth, stage).map_or(f64::NAN, |t| metrics::rel_l2(data, t));
         let (ci, gi) = (err(Truth::IdealMath, cand), err(Truth::IdealMath, gold));
-        let (co, go) = (
-            err(Truth::GoldenOperands, cand),
-            err(Truth::GoldenOperands, gold),
-        );
+        let (co, go) = (err(Truth::GoldenOperands, cand), err(Truth::GoldenOperands, gold));
         let report = StageReport {
             stage,
             comparison,
@@ -183,13 +161,7 @@ mod tests {
 
     #[test]
     fn coords_unflatten_row_major() {
-        let s = Shape {
-            t: 2,
-            h: 8,
-            nq: 3,
-            nkv: 1,
-            d: 4,
-        };
+        let s = Shape { t: 2, h: 8, nq: 3, nkv: 1, d: 4 };
         assert_eq!(coords(Stage::Q, &s, 0), "q[0, 0, 0]");
         assert_eq!(coords(Stage::Q, &s, 12 + 4 + 3), "q[1, 1, 3]");
         assert_eq!(coords(Stage::A, &s, 9), "a[1, 1]");

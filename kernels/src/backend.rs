@@ -8,17 +8,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum BackendError {
     #[error("backend {backend} is unavailable: {reason}")]
-    Unavailable {
-        backend: &'static str,
-        reason: String,
-    },
+    Unavailable { backend: &'static str, reason: String },
     #[error("bad input: {0}")]
     BadInput(String),
     #[error("{backend}: {entry} is not implemented on this backend")]
-    Unsupported {
-        backend: &'static str,
-        entry: &'static str,
-    },
+    Unsupported { backend: &'static str, entry: &'static str },
     #[error("{0}")]
     Device(String),
 }
@@ -40,14 +34,10 @@ pub fn check_inputs(inp: &OpInputs) -> Result<(), BackendError> {
     let s = inp.shape;
     let w = inp.weights;
     let bad = |what: &str, got: usize, want: usize| {
-        Err(BackendError::BadInput(format!(
-            "{what} has {got} elements, the shape needs {want}"
-        )))
+        Err(BackendError::BadInput(format!("{what} has {got} elements, the shape needs {want}")))
     };
     if s.t == 0 || s.h == 0 || s.d == 0 || s.nq == 0 || s.nkv == 0 {
-        return Err(BackendError::BadInput(format!(
-            "every dimension must be positive, got {s:?}"
-        )));
+        return Err(BackendError::BadInput(format!("every dimension must be positive, got {s:?}")));
     }
     if inp.x.len() != s.t * s.h {
         return bad("x", inp.x.len(), s.t * s.h);
@@ -62,10 +52,7 @@ pub fn check_inputs(inp: &OpInputs) -> Result<(), BackendError> {
         return bad("q/k norm weight", w.q_norm.len().min(w.k_norm.len()), s.d);
     }
     if !(inp.eps.is_finite() && inp.eps > 0.0) {
-        return Err(BackendError::BadInput(format!(
-            "eps must be finite and positive, got {}",
-            inp.eps
-        )));
+        return Err(BackendError::BadInput(format!("eps must be finite and positive, got {}", inp.eps)));
     }
     Ok(())
 }

@@ -34,30 +34,14 @@ pub struct StageBound {
 impl StageBound {
     /// A stage that must match the golden's rounding point up to rare reduction-order flips.
     pub const fn matches_hf(stage: Stage, max_ulp: u32, min_bit_exact: f64) -> StageBound {
-        StageBound {
-            stage,
-            max_ulp: Some(max_ulp),
-            min_bit_exact,
-            max_error_ratio: None,
-            truth: Truth::GoldenOperands,
-        }
+        StageBound { stage, max_ulp: Some(max_ulp), min_bit_exact, max_error_ratio: None, truth: Truth::GoldenOperands }
     }
     /// A stage judged only by its accuracy against `truth`, relative to PyTorch's.
     pub const fn at_least_as_accurate(stage: Stage, max_ratio: f64, truth: Truth) -> StageBound {
-        StageBound {
-            stage,
-            max_ulp: None,
-            min_bit_exact: 0.0,
-            max_error_ratio: Some(max_ratio),
-            truth,
-        }
+        StageBound { stage, max_ulp: None, min_bit_exact: 0.0, max_error_ratio: Some(max_ratio), truth }
     }
     pub const fn with_error_ratio(self, max: f64, truth: Truth) -> StageBound {
-        StageBound {
-            max_error_ratio: Some(max),
-            truth,
-            ..self
-        }
+        StageBound { max_error_ratio: Some(max), truth, ..self }
     }
 }
 

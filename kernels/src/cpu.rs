@@ -75,11 +75,9 @@ fn dot(a: &[f32], b: &[f32], order: Order, accumulate: Accumulate) -> f32 {
             }
             (acc[0] + acc[1]) + (acc[2] + acc[3])
         }
-        (Accumulate::Bf16, _) => a
-            .iter()
-            .zip(b)
-            .fold(bf16::ZERO, |s, (x, y)| bf16::from_f32(s.to_f32() + x * y))
-            .to_f32(),
+        (Accumulate::Bf16, _) => {
+            a.iter().zip(b).fold(bf16::ZERO, |s, (x, y)| bf16::from_f32(s.to_f32() + x * y)).to_f32()
+        }
     }
 }
 
@@ -158,31 +156,21 @@ pub fn run_entry(entry: &Entry, inp: &OpInputs) -> Observed {
     let w32: Vec<f32> = inp.weights.qkv.iter().map(|v| v.to_f32()).collect();
     let order = match entry.fault {
         Some(Fault::BatchVariantOrder { from_t }) if s.t >= from_t => Order::Lanes4Reversed,
-        Some(Fault::RunVariantOrder) if RUNS.fetch_add(1, Ordering::Relaxed) % 2 == 1 => {
-            Order::Lanes4Reversed
-        }
+        Some(Fault::RunVariantOrder) if RUNS.fetch_add(1, Ordering::Relaxed) % 2 == 1 => Order::Lanes4Reversed,
         _ => Order::Lanes8,
     };
     let (h, n) = (s.h, s.n());
     // out is [N, T] (column-major in T) so that each task owns a contiguous block.
     let mut out_nt = vec![bf16::NAN; n * s.t];
-    out_nt
-        .par_chunks_mut(N_BLOCK * s.t)
-        .enumerate()
-        .for_each(|(blk, out)| {
-            let n0 = blk * N_BLOCK;
-            for t in 0..s.t {
-                let a = &operand[t * h..(t + 1) * h];
-                for (j, wrow) in w32[n0 * h..]
-                    .chunks_exact(h)
-                    .take(out.len() / s.t)
-                    .enumerate()
-                {
-                    out[j * s.t + t] =
-                        bf16::from_f32(dot(a, wrow, order, entry.numerics.accumulate));
-                }
+    out_nt.par_chunks_mut(N_BLOCK * s.t).enumerate().for_each(|(blk, out)| {
+        let n0 = blk * N_BLOCK;
+        for t in 0..s.t {
+            let a = &operand[t * h..(t + 1) * h];
+            for (j, wrow) in w32[n0 * h..].chunks_exact(h).take(out.len() / s.t).enumerate() {
+                out[j * s.t + t] = bf16::from_f32(dot(a, wrow, order, entry.numerics.accumulate));
             }
-        });
+        }
+    });
     let (qw, kw) = (s.q_width(), s.kv_width());
     let mut q = vec![bf16::NAN; s.t * qw];
     let mut k = vec![bf16::NAN; s.t * kw];

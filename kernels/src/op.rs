@@ -20,13 +20,7 @@ pub struct Shape {
 impl Shape {
     /// Qwen3-0.6B's attention projection at `t` tokens.
     pub const fn qwen3_06b(t: usize) -> Shape {
-        Shape {
-            t,
-            h: 1024,
-            nq: 16,
-            nkv: 8,
-            d: 128,
-        }
+        Shape { t, h: 1024, nq: 16, nkv: 8, d: 128 }
     }
     pub fn n(&self) -> usize {
         (self.nq + 2 * self.nkv) * self.d
@@ -82,16 +76,8 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] = [
-        Stage::InvRms,
-        Stage::A,
-        Stage::B,
-        Stage::Q,
-        Stage::K,
-        Stage::V,
-        Stage::QNormed,
-        Stage::KNormed,
-    ];
+    pub const ALL: [Stage; 8] =
+        [Stage::InvRms, Stage::A, Stage::B, Stage::Q, Stage::K, Stage::V, Stage::QNormed, Stage::KNormed];
     /// The op's outputs proper (stage C).
     pub const C: [Stage; 3] = [Stage::Q, Stage::K, Stage::V];
 

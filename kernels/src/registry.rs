@@ -39,14 +39,8 @@ pub struct Numerics {
 }
 
 impl Numerics {
-    pub const HF: Numerics = Numerics {
-        norm: NormRounding::HfTwoRoundings,
-        accumulate: Accumulate::F32,
-    };
-    pub const F32: Numerics = Numerics {
-        norm: NormRounding::Fp32,
-        accumulate: Accumulate::F32,
-    };
+    pub const HF: Numerics = Numerics { norm: NormRounding::HfTwoRoundings, accumulate: Accumulate::F32 };
+    pub const F32: Numerics = Numerics { norm: NormRounding::Fp32, accumulate: Accumulate::F32 };
 }
 
 /// A deliberate defect, injected by the backend around the honest arithmetic.
@@ -107,9 +101,9 @@ impl Entry {
     pub fn contract(&self) -> Contract {
         match (self.contract, self.role) {
             (Some(c), _) => c,
-            (None, Role::Mutant { of }) => find(of)
-                .and_then(|e| e.contract)
-                .expect("registry: a mutant's target is a variant with a contract"),
+            (None, Role::Mutant { of }) => {
+                find(of).and_then(|e| e.contract).expect("registry: a mutant's target is a variant with a contract")
+            }
             (None, Role::Variant) => {
                 unreachable!("registry: every variant has a contract (checked by a test)")
             }
@@ -147,11 +141,7 @@ const F32_STAGES: &[StageBound] = &[
     StageBound::at_least_as_accurate(Stage::KNormed, 1.0, Truth::IdealMath),
 ];
 
-const HF_CONTRACT: Contract = Contract {
-    stages: HF_STAGES,
-    deterministic: true,
-    batch_invariant: false,
-};
+const HF_CONTRACT: Contract = Contract { stages: HF_STAGES, deterministic: true, batch_invariant: false };
 
 static REGISTRY: &[Entry] = &[
     Entry {
@@ -169,14 +159,8 @@ static REGISTRY: &[Entry] = &[
         role: Role::Variant,
         numerics: Numerics::F32,
         fault: None,
-        cuda: CudaImpl::Fused {
-            kernel: "fusegate_f32",
-        },
-        contract: Some(Contract {
-            stages: F32_STAGES,
-            deterministic: true,
-            batch_invariant: false,
-        }),
+        cuda: CudaImpl::Fused { kernel: "fusegate_f32" },
+        contract: Some(Contract { stages: F32_STAGES, deterministic: true, batch_invariant: false }),
     },
     Entry {
         name: "mixed",
@@ -184,9 +168,7 @@ static REGISTRY: &[Entry] = &[
         role: Role::Variant,
         numerics: Numerics::HF,
         fault: None,
-        cuda: CudaImpl::Fused {
-            kernel: "fusegate_mixed",
-        },
+        cuda: CudaImpl::Fused { kernel: "fusegate_mixed" },
         contract: Some(HF_CONTRACT),
     },
     Entry {
@@ -195,41 +177,25 @@ static REGISTRY: &[Entry] = &[
         role: Role::Variant,
         numerics: Numerics::HF,
         fault: None,
-        cuda: CudaImpl::Fused {
-            kernel: "fusegate_exact",
-        },
-        contract: Some(Contract {
-            stages: HF_STAGES,
-            deterministic: true,
-            batch_invariant: true,
-        }),
+        cuda: CudaImpl::Fused { kernel: "fusegate_exact" },
+        contract: Some(Contract { stages: HF_STAGES, deterministic: true, batch_invariant: true }),
     },
     Entry {
         name: "mutant-round-once",
         summary: "rounds once after the weight multiply (FlashInfer / TensorRT-LLM style) instead of HF's two roundings",
         role: Role::Mutant { of: "mixed" },
-        numerics: Numerics {
-            norm: NormRounding::OnceAfterWeight,
-            accumulate: Accumulate::F32,
-        },
+        numerics: Numerics { norm: NormRounding::OnceAfterWeight, accumulate: Accumulate::F32 },
         fault: None,
-        cuda: CudaImpl::Fused {
-            kernel: "mutant_round_once",
-        },
+        cuda: CudaImpl::Fused { kernel: "mutant_round_once" },
         contract: None,
     },
     Entry {
         name: "mutant-skip-weight",
         summary: "forgets the RMSNorm weight multiply",
         role: Role::Mutant { of: "mixed" },
-        numerics: Numerics {
-            norm: NormRounding::SkipWeight,
-            accumulate: Accumulate::F32,
-        },
+        numerics: Numerics { norm: NormRounding::SkipWeight, accumulate: Accumulate::F32 },
         fault: None,
-        cuda: CudaImpl::Fused {
-            kernel: "mutant_skip_weight",
-        },
+        cuda: CudaImpl::Fused { kernel: "mutant_skip_weight" },
         contract: None,
     },
     Entry {
@@ -247,19 +213,14 @@ static REGISTRY: &[Entry] = &[
         role: Role::Mutant { of: "mixed" },
         numerics: Numerics::HF,
         fault: Some(Fault::Unwritten),
-        cuda: CudaImpl::Fused {
-            kernel: "mutant_unwritten",
-        },
+        cuda: CudaImpl::Fused { kernel: "mutant_unwritten" },
         contract: None,
     },
     Entry {
         name: "mutant-bf16-accumulate",
         summary: "accumulates the GEMM in bf16 instead of fp32",
         role: Role::Mutant { of: "mixed" },
-        numerics: Numerics {
-            norm: NormRounding::HfTwoRoundings,
-            accumulate: Accumulate::Bf16,
-        },
+        numerics: Numerics { norm: NormRounding::HfTwoRoundings, accumulate: Accumulate::Bf16 },
         fault: None,
         cuda: CudaImpl::None,
         contract: None,
@@ -315,13 +276,8 @@ mod tests {
             match e.role {
                 Role::Variant => assert!(e.contract.is_some(), "{} has no contract", e.name),
                 Role::Mutant { of } => {
-                    let target =
-                        find(of).unwrap_or_else(|| panic!("{}: unknown target {of}", e.name));
-                    assert!(
-                        !target.is_mutant(),
-                        "{}: a mutant must impersonate a variant",
-                        e.name
-                    );
+                    let target = find(of).unwrap_or_else(|| panic!("{}: unknown target {of}", e.name));
+                    assert!(!target.is_mutant(), "{}: a mutant must impersonate a variant", e.name);
                 }
             }
             assert!(!e.contract().stages.is_empty());
@@ -332,11 +288,7 @@ mod tests {
     fn every_variant_bounds_stage_c() {
         for e in variants() {
             for s in Stage::C {
-                assert!(
-                    e.contract().bound(s).is_some(),
-                    "{} does not bound {s}",
-                    e.name
-                );
+                assert!(e.contract().bound(s).is_some(), "{} does not bound {s}", e.name);
             }
         }
     }

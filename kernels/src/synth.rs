@@ -28,9 +28,7 @@ impl Rng {
         (-2.0 * self.uniform().ln()).sqrt() * (std::f64::consts::TAU * self.uniform()).cos()
     }
     pub fn bf16s(&mut self, n: usize, mean: f64, std: f64) -> Vec<bf16> {
-        (0..n)
-            .map(|_| bf16::from_f64(mean + std * self.normal()))
-            .collect()
+        (0..n).map(|_| bf16::from_f64(mean + std * self.normal())).collect()
     }
 }
 
@@ -62,10 +60,7 @@ mod tests {
         let x = activations(&s, 7);
         let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / x.len() as f64;
         let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / x.len() as f64;
-        assert!(
-            mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
-            "mean {mean} var {var}"
-        );
+        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
         assert!(x.iter().filter(|v| v.to_f32() == 0.0).count() < x.len() / 1000);
     }
 }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let manifest = match fusegate_golden::Manifest::load(&fusegate_golden::Manifest::default_dir())
-    {
+    let manifest = match fusegate_golden::Manifest::load(&fusegate_golden::Manifest::default_dir()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("conformance: {e}");
@@ -31,18 +30,12 @@ fn main() -> ExitCode {
         .into_iter()
         .map(|trial| {
             let ignored = trial.skip_reason().is_some();
-            let kind = if trial.entry.is_mutant() {
-                "mutant"
-            } else {
-                "variant"
-            };
+            let kind = if trial.entry.is_mutant() { "mutant" } else { "variant" };
             let suite = Arc::clone(&suite);
             Trial::test(trial.name(), move || match suite.run(&trial).outcome {
                 Outcome::Passed => Ok(()),
                 Outcome::Failed(why) => Err(Failed::from(why)),
-                Outcome::Ignored(why) => {
-                    Err(Failed::from(format!("should have been ignored: {why}")))
-                }
+                Outcome::Ignored(why) => Err(Failed::from(format!("should have been ignored: {why}"))),
             })
             .with_kind(kind)
             .with_ignored_flag(ignored)

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use fusegate_harness::backends::Choice;
+use fusegate_harness::bench::schema::slug;
 use fusegate_harness::conform::{self, DEFAULT_SEED, Options};
 use fusegate_harness::results::write_atomically;
 use std::path::PathBuf;
@@ -40,13 +41,7 @@ pub fn results_dir() -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let opts = Options {
-        entries: a.variants,
-        case: a.case,
-        backend: a.backend,
-        golden_dir: a.golden,
-        seed: a.seed,
-    };
+    let opts = Options { entries: a.variants, case: a.case, backend: a.backend, golden_dir: a.golden, seed: a.seed };
     let plan = conform::plan(&opts)?;
     for n in &plan.notes {
         println!("{n}");
@@ -54,15 +49,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("{} trials on {}", plan.trials.len(), plan.backend_label);
     let run = conform::run(&plan, |_| {});
     print!("{}", run.table());
-    let path = a
-        .json
-        .unwrap_or_else(|| results_dir().join(format!("conformance-{}.json", plan.backend_label)));
+    for e in &run.errors {
+        eprintln!("error: {e}");
+    }
+    // GPU results live beside that GPU's benchmarks (select reads them from there).
+    let path = a.json.unwrap_or_else(|| match &run.environment.device {
+        Some(device) => results_dir().join(slug(device)).join(format!("conformance-{}.json", plan.backend_label)),
+        None => results_dir().join(format!("conformance-{}.json", plan.backend_label)),
+    });
     let json = serde_json::to_vec_pretty(&run).context("serialising results")?;
     write_atomically(&path, &json).with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
-    Ok(if run.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -14,33 +14,21 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask lives in the workspace")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
     let script = root.join("golden/capture/capture.py");
-    let probe = Command::new("python3")
-        .args(["-c", "import torch, transformers"])
-        .output();
+    let probe = Command::new("python3").args(["-c", "import torch, transformers"]).output();
     match probe {
-        Err(_) => bail!(
-            "python3 not found: goldens need python3 with torch + transformers and a CUDA GPU"
-        ),
+        Err(_) => bail!("python3 not found: goldens need python3 with torch + transformers and a CUDA GPU"),
         Ok(o) if !o.status.success() => bail!(
             "python3 cannot import torch and transformers: install them (pip install torch transformers) on a GPU machine, or run {} there",
             script.display()
         ),
         Ok(_) => {}
     }
-    let status = Command::new("python3")
-        .arg(&script)
-        .args(&a.extra)
-        .status()
-        .context("running capture.py")?;
+    let status = Command::new("python3").arg(&script).args(&a.extra).status().context("running capture.py")?;
     if !status.success() {
         bail!("{} failed ({status})", script.display());
     }
-    println!(
-        "goldens written; review the changes with `cargo insta test --review` (README: Regenerating goldens)"
-    );
+    println!("goldens written; review the changes with `cargo insta test --review` (README: Regenerating goldens)");
     Ok(ExitCode::SUCCESS)
 }

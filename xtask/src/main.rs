@@ -1,7 +1,10 @@
 //! `cargo xtask`: thin commands over fusegate's libraries (the matklad cargo-xtask pattern).
 
+mod bench;
+mod bundle;
 mod conform;
 mod golden;
+mod select;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -9,7 +12,7 @@ use std::process::ExitCode;
 /// fusegate: may this fused RMSNorm + QKV kernel ship? Evidence from PyTorch goldens, contracts,
 /// invariance checks and negative controls.
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,13 +21,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Conform(conform::Args),
+    Bench(bench::Args),
+    Select(select::Args),
+    Bundle(bundle::Args),
     Golden(golden::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line (clap's usage block would follow it): the error and where to look.
+            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_string();
+            eprintln!("{first} (see cargo xtask --help)");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Conform(a) => conform::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Select(a) => select::run(a),
+        Command::Bundle(a) => bundle::run(a),
         Command::Golden(a) => golden::run(a),
     };
     match result {

@@ -57,17 +57,9 @@ impl Tensor {
         let data = self
             .data
             .chunks_exact(2)
-            .flat_map(|c| {
-                bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))
-                    .to_f32()
-                    .to_le_bytes()
-            })
+            .flat_map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32().to_le_bytes())
             .collect();
-        Tensor {
-            dtype: Dtype::F32,
-            shape: self.shape.clone(),
-            data,
-        }
+        Tensor { dtype: Dtype::F32, shape: self.shape.clone(), data }
     }
 }
 
@@ -85,21 +77,9 @@ impl Contents {
         let tensors = st
             .tensors()
             .into_iter()
-            .map(|(name, v)| {
-                (
-                    name,
-                    Tensor {
-                        dtype: v.dtype(),
-                        shape: v.shape().to_vec(),
-                        data: v.data().to_vec(),
-                    },
-                )
-            })
+            .map(|(name, v)| (name, Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
             .collect();
-        Contents {
-            tensors,
-            metadata: header.metadata().clone().unwrap_or_default(),
-        }
+        Contents { tensors, metadata: header.metadata().clone().unwrap_or_default() }
     }
 
     pub fn serialize(&self) -> Vec<u8> {
@@ -107,9 +87,7 @@ impl Contents {
     }
 
     pub fn tensor(&mut self, name: &str) -> &mut Tensor {
-        self.tensors
-            .get_mut(name)
-            .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
+        self.tensors.get_mut(name).unwrap_or_else(|| panic!("fixture has no tensor {name}"))
     }
 
     /// Edits a JSON-valued metadata entry (capture.py's `case`, `spec`, `provenance`).
@@ -133,16 +111,9 @@ impl Fixture {
         let dir = tmp.path().to_path_buf();
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         let mut manifest: Value =
-            serde_json::from_str(&std::fs::read_to_string(src.join("manifest.json")).unwrap())
-                .unwrap();
-        manifest["weights"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|w| w["name"] == WEIGHTS);
-        manifest["cases"]
-            .as_array_mut()
-            .unwrap()
-            .retain(|c| c["name"] == CASE);
+            serde_json::from_str(&std::fs::read_to_string(src.join("manifest.json")).unwrap()).unwrap();
+        manifest["weights"].as_array_mut().unwrap().retain(|w| w["name"] == WEIGHTS);
+        manifest["cases"].as_array_mut().unwrap().retain(|c| c["name"] == CASE);
         for list in ["weights", "cases"] {
             let entry = &manifest[list][0];
             let file = entry["file"].as_str().unwrap();
@@ -167,10 +138,7 @@ impl Fixture {
     /// Loads the manifest, then the case, with a fresh cache.
     pub fn load(&self) -> Result<Case, GoldenError> {
         let manifest = Manifest::load(&self.dir)?;
-        let entry = manifest
-            .case(CASE)
-            .expect("fixture manifest lists the case")
-            .clone();
+        let entry = manifest.case(CASE).expect("fixture manifest lists the case").clone();
         manifest.load_case(&entry, &WeightsCache::new())
     }
 
@@ -186,11 +154,7 @@ impl Fixture {
         serde_json::from_str(&std::fs::read_to_string(self.manifest_path()).unwrap()).unwrap()
     }
     pub fn write_manifest(&self, manifest: &Value) {
-        std::fs::write(
-            self.manifest_path(),
-            serde_json::to_string_pretty(manifest).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(self.manifest_path(), serde_json::to_string_pretty(manifest).unwrap()).unwrap();
     }
     pub fn edit_manifest(&self, edit: impl FnOnce(&mut Value)) {
         let mut m = self.manifest_json();
@@ -210,8 +174,7 @@ impl Fixture {
         std::fs::write(self.weights_path(), bytes).unwrap();
         self.edit_manifest(|m| pin(&mut m["weights"][0], bytes));
         self.rewrite_case(|c| {
-            c.metadata
-                .insert("weights_sha256".into(), sha256_hex(bytes));
+            c.metadata.insert("weights_sha256".into(), sha256_hex(bytes));
         });
     }
 
@@ -244,18 +207,12 @@ fn pin(entry: &mut Value, bytes: &[u8]) {
 /// the line for further checks.
 pub fn assert_one_line(err: &GoldenError, path: &Path, tensor: Option<&str>) -> String {
     let line = err.to_string();
-    assert!(
-        !line.contains('\n') && !line.contains('\r'),
-        "not one line: {line:?}"
-    );
+    assert!(!line.contains('\n') && !line.contains('\r'), "not one line: {line:?}");
     let shown = path.display().to_string();
     assert!(line.contains(&shown), "does not name {shown}: {line}");
     assert_eq!(err.path(), path, "{line}");
     if let Some(t) = tensor {
-        assert!(
-            line.contains(&format!("`{t}`")),
-            "does not name tensor {t}: {line}"
-        );
+        assert!(line.contains(&format!("`{t}`")), "does not name tensor {t}: {line}");
     }
     line
 }

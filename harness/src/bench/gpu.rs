@@ -1,0 +1,294 @@
+//! Device-time sampling on the CUDA backend.
+//!
+//! - Hot L2: a CUDA graph of K launches on one set of buffers; a sample is one replay between two
+//!   events, divided by K (graph replay removes launch gaps, as a serving loop's graphs do).
+//! - Cold L2: a graph of K launches over K *different* copies of the inputs and weights, K chosen so
+//!   that more than 3x the device's L2 is read between two uses of one copy: nothing of a launch's
+//!   inputs can still be in L2. Where the op is too small for that (K > 64), each sample writes a
+//!   flush buffer of 2x L2 instead and times one launch between events.
+//! - Every graph is checked before it is timed: fresh inputs are written into the captured buffers,
+//!   the graph is replayed, and its output must equal a direct launch's, bit for bit (a kernel left
+//!   out of the capture would replay nothing and leave stale outputs).
+//! - Samples faster than the roofline floor are flagged as measurement errors.
+
+use crate::bench::nvml::{Gpu, PeakSampler};
+use crate::bench::schema::{Cache, Conditions, Measurement, Memory};
+use crate::bench::stats::{Estimate, StopRule};
+use crate::roofline::{self, Ceilings};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::driver::{CudaGraph, CudaStream, sys};
+use fusegate_kernels::cuda::{Cuda, Prepared};
+use fusegate_kernels::{BackendError, Entry, OpInputs, Shape, Stage, StageData, Weights, synth};
+use half::bf16;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, BackendError>;
+
+fn dev(what: &str) -> impl Fn(cudarc::driver::DriverError) -> BackendError + '_ {
+    move |e| BackendError::Device(format!("{what}: {e:?}"))
+}
+
+/// Events with timing enabled (cudarc's default disables timing: GPU.md).
+struct Timer {
+    start: cudarc::driver::CudaEvent,
+    end: cudarc::driver::CudaEvent,
+}
+
+impl Timer {
+    fn new(cuda: &Cuda) -> Result<Timer> {
+        let ev =
+            || cuda.context().new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("creating events"));
+        Ok(Timer { start: ev()?, end: ev()? })
+    }
+    /// Microseconds spent by the device on what `work` enqueues.
+    fn time(&self, stream: &CudaStream, work: impl FnOnce() -> Result<()>) -> Result<f64> {
+        self.start.record(stream).map_err(dev("recording an event"))?;
+        work()?;
+        self.end.record(stream).map_err(dev("recording an event"))?;
+        Ok(self.start.elapsed_ms(&self.end).map_err(dev("reading an event"))? as f64 * 1000.0)
+    }
+}
+
+/// Captures `launches` on the backend's stream into a graph.
+fn capture(cuda: &Cuda, preps: &[&Prepared]) -> Result<CudaGraph> {
+    let stream = cuda.stream();
+    cuda.synchronize()?;
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(dev("beginning graph capture"))?;
+    let launched: Result<()> = preps.iter().try_for_each(|p| cuda.launch(p));
+    let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(dev("ending graph capture"));
+    launched?;
+    let graph = graph?.ok_or_else(|| BackendError::Device("graph capture recorded nothing".into()))?;
+    graph.upload().map_err(dev("uploading the graph"))?;
+    Ok(graph)
+}
+
+/// q, k, v of a prepared entry, for bitwise comparison.
+fn outputs(cuda: &Cuda, p: &Prepared) -> Result<Vec<Vec<u16>>> {
+    let o = cuda.download(p)?;
+    Ok(Stage::C
+        .iter()
+        .map(|s| match o.get(s) {
+            Some(StageData::Bf16(v)) => v.iter().map(|x| x.to_bits()).collect(),
+            _ => Vec::new(),
+        })
+        .collect())
+}
+
+/// Writes fresh inputs into the graph's last prepared buffers, replays, and compares with a direct
+/// launch on the same inputs. Returns an error describing the mismatch.
+fn check_graph(
+    cuda: &Cuda,
+    graph: &CudaGraph,
+    last: &mut Prepared,
+    entry: &'static Entry,
+    weights: &Weights,
+    seed: u64,
+) -> Result<()> {
+    let shape = last.shape();
+    let x = synth::activations(&shape, seed ^ 0xc0ffee);
+    cuda.write_x(last, &x)?;
+    cuda.poison(last)?;
+    graph.launch().map_err(dev("replaying the graph"))?;
+    cuda.synchronize()?;
+    let replayed = outputs(cuda, last)?;
+    let mut direct = cuda.prepare(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false)?;
+    cuda.poison(&mut direct)?;
+    cuda.launch(&direct)?;
+    cuda.synchronize()?;
+    if replayed != outputs(cuda, &direct)? {
+        return Err(BackendError::Device(format!(
+            "{} T={}: the graph's replay on fresh inputs differs from a direct launch (stale capture?)",
+            entry.name, shape.t
+        )));
+    }
+    Ok(())
+}
+
+pub struct Sampler<'a> {
+    pub cuda: &'a Cuda,
+    pub gpu: Option<Arc<Gpu>>,
+    pub ceilings: Ceilings,
+    pub l2_bytes: u64,
+    pub stop: StopRule,
+    pub seed: u64,
+}
+
+impl Sampler<'_> {
+    /// Times one (entry, T, cache) and measures its memory.
+    pub fn measure(&self, entry: &'static Entry, shape: Shape, weights: &Weights, cache: Cache) -> Result<Measurement> {
+        let cuda = self.cuda;
+        let stream = cuda.stream();
+        cuda.synchronize()?;
+        let baseline = self.gpu.as_ref().and_then(|g| g.process_memory());
+        let sampler = self.gpu.clone().map(|g| PeakSampler::start(g, Duration::from_millis(2)));
+
+        let per_copy = roofline::min_bytes(&shape) as u64;
+        let copies = match cache {
+            Cache::Hot => 1,
+            Cache::Cold => (3 * self.l2_bytes).div_ceil(per_copy.max(1)) as usize + 1,
+        };
+        let use_graph = copies <= 64;
+        let x = synth::activations(&shape, self.seed);
+        let mut preps = Vec::new();
+        // Each cold copy gets its own device buffers (same values: the work is identical).
+        for _ in 0..if use_graph { copies } else { 1 } {
+            preps.push(cuda.prepare(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false)?);
+        }
+        let floor_us = roofline::floor_s(&shape, &self.ceilings) * 1e6;
+        let timer = Timer::new(cuda)?;
+        // A rough single-launch time decides how many launches one hot graph holds (~100 us).
+        for p in &preps {
+            cuda.launch(p)?;
+        }
+        let one = timer.time(stream, || cuda.launch(&preps[0]))?.max(1.0);
+        let (launches, graph) = if use_graph {
+            let reps = if cache == Cache::Hot { ((100.0 / one).ceil() as usize).clamp(1, 64) } else { 1 };
+            let g = {
+                let order: Vec<&Prepared> = (0..reps).flat_map(|_| preps.iter()).collect();
+                capture(cuda, &order)?
+            };
+            let last = preps.len() - 1;
+            check_graph(cuda, &g, &mut preps[last], entry, weights, self.seed)?;
+            // The check wrote fresh inputs into the last copy: restore the timed inputs.
+            cuda.write_x(&mut preps[last], &x)?;
+            (reps * preps.len(), Some(g))
+        } else {
+            (1, None)
+        };
+        let flush: Option<cudarc::driver::CudaSlice<u8>> = if graph.is_none() {
+            let pattern = vec![0xa5u8; (2 * self.l2_bytes) as usize];
+            Some(stream.clone_htod(&pattern).map_err(dev("allocating the L2 flush buffer"))?)
+        } else {
+            None
+        };
+        let mut flush = flush;
+        // Warm-up, then samples until the median is known to the target or the budget ends.
+        let mut sample = || -> Result<f64> {
+            if let Some(f) = flush.as_mut() {
+                stream.memset_zeros(f).map_err(dev("flushing L2"))?;
+            }
+            let us = match &graph {
+                Some(g) => timer.time(stream, || g.launch().map_err(dev("replaying the graph")))?,
+                None => timer.time(stream, || cuda.launch(&preps[0]))?,
+            };
+            Ok(us / launches as f64)
+        };
+        for _ in 0..3 {
+            sample()?;
+        }
+        let (mut samples, mut throttled) = (Vec::new(), 0usize);
+        let start = Instant::now();
+        while !self.stop.done(&samples, start.elapsed().as_secs_f64()) {
+            samples.push(sample()?);
+            if samples.len() % 25 == 0 && self.gpu.as_ref().is_some_and(|g| g.conditions().throttled()) {
+                throttled += 25;
+            }
+        }
+        cuda.synchronize()?;
+        let peak = sampler.and_then(PeakSampler::finish);
+        let est = Estimate::from_samples(&samples)
+            .ok_or_else(|| BackendError::Device(format!("{} T={}: fewer than 5 samples", entry.name, shape.t)))?;
+        let below = samples.iter().filter(|&&s| s < floor_us).count();
+        let status = if below > 0 {
+            format!("measurement error: {below} samples faster than the {floor_us:.2} us floor")
+        } else {
+            "ok".to_string()
+        };
+        // Memory is the hot run's: a cold run holds `copies` copies of the inputs for rotation.
+        let memory = Memory {
+            peak_delta_bytes: if cache == Cache::Hot {
+                peak.zip(baseline).map(|(p, b)| p.saturating_sub(b))
+            } else {
+                None
+            },
+            cublas_workspace_bytes: if entry.cuda == fusegate_kernels::registry::CudaImpl::NormThenCublas {
+                cuda.cublas_workspace_bytes() as u64
+            } else {
+                0
+            },
+            note: match (&self.gpu, baseline, cache) {
+                (_, _, Cache::Cold) => Some(format!("cold runs hold {copies} input copies for L2 rotation: see hot")),
+                (None, _, _) => Some("NVML unavailable".into()),
+                (Some(_), None, _) => Some("NVML does not list this process's memory on this driver".into()),
+                _ => None,
+            },
+        };
+        Ok(Measurement {
+            variant: entry.name.to_string(),
+            t: shape.t,
+            cache,
+            method: if graph.is_some() { "graph".into() } else { "events+flush".into() },
+            launches_per_sample: launches,
+            time_us: est,
+            floor_us,
+            bound_by: roofline::bound_by(&shape, &self.ceilings).to_string(),
+            pct_of_floor: 100.0 * floor_us / est.median,
+            below_floor_samples: below,
+            throttled_samples: throttled,
+            graph_checked: graph.is_some(),
+            memory,
+            status,
+        })
+    }
+}
+
+/// Device conditions now, or defaults without NVML.
+pub fn conditions(gpu: Option<&Gpu>) -> Conditions {
+    gpu.map(Gpu::conditions).unwrap_or_default()
+}
+
+/// Measures the device's copy bandwidth and bf16 GEMM rate on random data (once per machine).
+pub fn measure_ceilings(cuda: &Cuda) -> Result<Ceilings> {
+    let stream = cuda.stream();
+    let timer = Timer::new(cuda)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // Copy: 512 MiB each way (far beyond L2), bytes read plus bytes written.
+    let n = 128 << 20;
+    let mut rng = synth::Rng::new(11);
+    let host: Vec<f32> = (0..n).map(|_| rng.next_u64() as f32).collect();
+    let src = stream.clone_htod(&host).map_err(dev("allocating the copy source"))?;
+    let mut dst = stream.alloc_zeros::<f32>(n).map_err(dev("allocating the copy destination"))?;
+    let mut copy = Vec::new();
+    for _ in 0..12 {
+        copy.push(timer.time(stream, || stream.memcpy_dtod(&src, &mut dst).map_err(dev("copying")))?);
+    }
+    let bandwidth = 2.0 * (n * 4) as f64 / (median(copy) * 1e-6);
+    drop((src, dst));
+    // GEMM: 8192^3 bf16, fp32 accumulation, random operands.
+    let m = 8192usize;
+    let vals: Vec<bf16> = (0..m * m).map(|_| bf16::from_f32((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)).collect();
+    let a = stream.clone_htod(&vals).map_err(dev("allocating GEMM operands"))?;
+    let b = stream.clone_htod(&vals).map_err(dev("allocating GEMM operands"))?;
+    let mut c = stream.alloc_zeros::<bf16>(m * m).map_err(dev("allocating GEMM output"))?;
+    let blas = CudaBlas::new(stream.clone()).map_err(|e| BackendError::Device(format!("cuBLAS: {e:?}")))?;
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: m as i32,
+        n: m as i32,
+        k: m as i32,
+        alpha: bf16::ONE,
+        lda: m as i32,
+        ldb: m as i32,
+        beta: bf16::ZERO,
+        ldc: m as i32,
+    };
+    let mut gemm = Vec::new();
+    for i in 0..8 {
+        let us = timer.time(stream, || {
+            // SAFETY: a, b, c hold m*m elements each, matching cfg.
+            unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| BackendError::Device(format!("cuBLAS GEMM: {e:?}")))
+        })?;
+        if i >= 2 {
+            gemm.push(us);
+        }
+    }
+    let bf16_flops = 2.0 * (m * m * m) as f64 / (median(gemm) * 1e-6);
+    Ok(Ceilings { bandwidth, bf16_flops })
+}

@@ -1,0 +1,904 @@
+// Fused RMSNorm + QKV projection: out[T, N] = norm(x)[T, H] @ W[N, H]^T, columns split into
+// q | k | v. Every registry entry with CudaImpl::Fused is one wrapper line at the bottom.
+//
+// Two kernel families, both templated over the numerics (Norm, Fault) and a tile config:
+//
+//  * mma_kernel (HF, round-once, skip-weight numerics): bf16 tensor cores (mma.sync m16n8k16,
+//    fp32 accumulate). Tokens are the MMA's M side, rows of W its N side, H its K side.
+//  * f32_kernel (fp32 throughout): FFMA on CUDA cores, operand (x*r)*w never rounded.
+//
+// One block computes a BT-token x BN-row tile of out, looping over H in BK-wide k-tiles that an
+// S-stage cp.async ring brings in (raw x and raw W). Each k-tile's raw x is normalised in shared
+// memory (A then B for HF) right before the MMAs: the GEMM operand never touches device memory.
+// inv_rms of the block's BT rows is computed first, while the first S-1 stages are in flight.
+//
+// Reduction order (why exact is batch-invariant): the ceil(H/32) 32-wide k-chunks are cut into
+// KSLICES = 4 contiguous k-slices (slice s = chunks ks_lo(s) .. ks_lo(s+1)-1, ks_lo(s) =
+// s * nch / 4). Each slice is one MMA chain from zero: "for each chunk of the slice in increasing
+// k: mma step 0, mma step 1". An output element is then (((0 + slice0) + slice1) + slice2) +
+// slice3, fp32 adds rounded to nearest. Chunks entirely past H are skipped (an empty slice adds
+// +0), so the sequence depends on H alone: every tile config, the decode kernels (one warp per
+// slice, added in that order through shared memory) and so every T give the same bits for a row.
+// No atomics anywhere: every order is fixed, so every kernel is deterministic.
+// Within a chunk, lane c of a quad holds physical k = 8c..8c+7 of the chunk (one 16-byte load);
+// its pairs 0,1 play the MMA's logical k {2c,2c+1} and {2c+8,2c+9} of step 0, pairs 2,3 those of
+// step 1. A and B operands use the same map, so the product is the true dot product.
+// f32_kernel accumulates each output with one FFMA chain in increasing k, also T-independent.
+// (Before v6 of NOTES.md the order was one chain over all of H; the k-slices let the decode
+// kernels split K over 4 warps, a chain of 16 MMAs instead of 64 at H = 1024.)
+//
+// Launch rule of the tile kernels (cuda.rs `Cuda::prepare` encodes it, with `pick_tile` and
+// `grid_for`): block = CFG::THREADS threads, dynamic shared memory = CFG::SMEM bytes, grid =
+// (gx, ceil(T / CFG::BT)) for any 1 <= gx <= ceil(N / CFG::BN); block x takes ceil(tiles_n / gx)
+// consecutive BN-row tiles (a persistent loop that shares the inv_rms prologue). The unsuffixed
+// name (e.g. fusegate_mixed) is the t64 config and works for any T and H; __t16 / __t32 / __t64
+// / __t128 name the specialisations the Rust side picks by T. The decode kernels (__dec16,
+// __dec32, few tokens, H % 8 == 0) have their own rule, next to them below (`decode_plan`).
+#include "common.cuh"
+
+namespace fg {
+
+// Guards the launch rule: a mismatch between cuda.rs and a config traps (a launch error), never
+// silently computes on a wrong layout.
+__device__ __forceinline__ void check_launch(int threads, int smem) {
+    u32 dyn;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    if (blockDim.x != static_cast<unsigned>(threads) || blockDim.y != 1 || dyn < static_cast<u32>(smem)) __trap();
+}
+
+// exact's k-slices (header comment): slice s of the nch k-chunks starts at chunk ks_lo(s, nch).
+constexpr int KSLICES = 4;
+__device__ __forceinline__ int ks_lo(int s, int nch) { return s * nch / KSLICES; }
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core family.
+
+template <int BT_, int BN_, int WT_, int WN_, int BK_, int S_>
+struct MmaCfg {
+    static constexpr int BT = BT_, BN = BN_;  // block tile: tokens x W rows
+    static constexpr int WT = WT_, WN = WN_;  // warp grid
+    static constexpr int BK = BK_, S = S_;    // k-tile width, pipeline stages
+    static constexpr int THREADS = WT * WN * 32;
+    static constexpr int WTT = BT / WT, WTN = BN / WN;  // warp tile
+    static constexpr int MT = WTT / 16, NT = WTN / 8;   // MMA tiles per warp
+    static constexpr int STAGE = (BT + BN + 1) * BK;    // bf16 elements per stage: x, W, norm weight
+    static constexpr int SMEM = S * STAGE * 2;          // dynamic shared memory, bytes
+    static_assert(WTT % 16 == 0 && WTN % 8 == 0 && BK % 32 == 0 && BK / 8 >= 8, "tile shape");
+};
+
+// Decode: 16 / 32 tokens x 16 W rows (two warps, one n8 tile each): N / 16 = 256 blocks, about
+// two per SM, each with 5-6 k-tiles of W in flight, so every SM streams W with ~40 KB
+// outstanding. Prefill: 64x64 and 128x128 tiles with 8 warps.
+typedef MmaCfg<16, 16, 1, 2, 128, 6> MmaT16;
+typedef MmaCfg<32, 16, 1, 2, 128, 5> MmaT32;
+typedef MmaCfg<64, 64, 2, 4, 64, 4> MmaT64;
+typedef MmaCfg<128, 128, 2, 4, 64, 4> MmaT128;
+
+// Normalises the block's raw x k-tile in place (GEMM operand B, bf16), and copies it to b_out
+// when this block is the one that reports stage B.
+template <int NORM, class C>
+__device__ __forceinline__ void mma_convert(const Args& a, bf16* X, const bf16* WN, int t0, int k0, const float* s_r,
+                                            bool vec, bool write_b) {
+    constexpr int UPR = C::BK / 8, UNITS = C::BT * UPR;
+    const int rows_live = min(C::BT, a.T - t0);
+    const bool b_vec = vec && (reinterpret_cast<unsigned long long>(a.b_out) & 15) == 0;
+#pragma unroll
+    for (int i = 0; i < (UNITS + C::THREADS - 1) / C::THREADS; ++i) {
+        const int unit = threadIdx.x + i * C::THREADS;
+        if (UNITS % C::THREADS != 0 && unit >= UNITS) break;
+        const int row = unit / UPR, u = unit % UPR;
+        const int k = k0 + u * 8;
+        if (row >= rows_live || k >= a.H) continue;  // zero-filled slots stay zero
+        bf16* p = X + tile_off<C::BK>(row, u);
+        const uint4 xv = lds16(p);
+        const uint4 wv = lds16(WN + u * 8);
+        const float r = s_r[row];
+        const uint4 bv = make_uint4(norm_pair<NORM>(xv.x, wv.x, r), norm_pair<NORM>(xv.y, wv.y, r),
+                                    norm_pair<NORM>(xv.z, wv.z, r), norm_pair<NORM>(xv.w, wv.w, r));
+        sts16(p, bv);
+        if (write_b && a.b_out != nullptr) {
+            bf16* dst = a.b_out + static_cast<size_t>(t0 + row) * a.H + k;
+            if (b_vec) {
+                sts16(dst, bv);  // generic store; dst is global
+            } else {
+                const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    if (k + j < a.H)
+                        dst[j] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[j / 2] >> (16 * (j % 2))));
+            }
+        }
+    }
+}
+
+template <int NORM, int FAULT, class C>
+__device__ __forceinline__ void mma_kernel(const Args a) {
+    extern __shared__ uint4 fg_smem[];
+    __shared__ float s_r[C::BT];
+    check_launch(C::THREADS, C::SMEM);
+    bf16* smem = reinterpret_cast<bf16*>(fg_smem);
+
+    const bool vec = vec16_ok(a);
+    const int N = (a.Nq + 2 * a.Nkv) * a.D;
+    const int tiles_n = (N + C::BN - 1) / C::BN;
+    const int npb = (tiles_n + gridDim.x - 1) / gridDim.x;
+    const int nt_begin = blockIdx.x * npb, nt_end = min(nt_begin + npb, tiles_n);
+    if (nt_begin >= nt_end) return;
+    const int t0 = blockIdx.y * C::BT;
+    const int KT = (a.H + C::BK - 1) / C::BK;
+    const int iters = (nt_end - nt_begin) * KT;
+
+    // Stage s: x tile [BT][BK], W tile [BN][BK], norm weight [BK]. The loader runs S-1 tiles
+    // ahead of the consumer; both walk (N-tile, k-tile) in the same order with plain counters.
+    int ld_j = 0, ld_nt = nt_begin, ld_kt = 0;
+    auto issue = [&]() {
+        if (ld_j < iters) {
+            bf16* st = smem + (ld_j % C::S) * C::STAGE;
+            load_tile<C::BT, C::BK, C::THREADS>(st, a.x, a.T, a.H, t0, ld_kt * C::BK, vec);
+            load_tile<C::BN, C::BK, C::THREADS>(st + C::BT * C::BK, a.w_qkv, N, a.H, ld_nt * C::BN, ld_kt * C::BK, vec);
+            load_wnorm<C::BK>(st + (C::BT + C::BN) * C::BK, a, ld_kt * C::BK, vec);
+        }
+        cp_async_commit();  // possibly empty: keeps the group count arithmetic uniform
+        ++ld_j;
+        if (++ld_kt == KT) ld_kt = 0, ++ld_nt;
+    };
+#pragma unroll
+    for (int j = 0; j < C::S - 1; ++j) issue();
+
+    block_inv_rms<C::BT, C::THREADS / 32>(a, t0, vec, s_r);
+    __syncthreads();
+    const bool report = blockIdx.x == 0;  // the one block per T-tile that writes b_out / inv_rms_out
+    if (report && a.inv_rms_out != nullptr)
+        for (int i = threadIdx.x; i < C::BT; i += C::THREADS)
+            if (t0 + i < a.T) a.inv_rms_out[t0 + i] = s_r[i];
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int wt = warp / C::WN, wn = warp % C::WN;
+    // acc: the current k-slice's chain; tot: the slices folded so far, in order (header comment).
+    float acc[C::MT][C::NT][4], tot[C::MT][C::NT][4];
+#pragma unroll
+    for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+        for (int n = 0; n < C::NT; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[m][n][e] = 0.f, tot[m][n][e] = 0.f;
+    const int nch = (a.H + 31) / 32;
+    int sc = 0, next_lo = ks_lo(1, nch);  // the slice acc holds, and where the next one starts
+    auto fold = [&]() {
+#pragma unroll
+        for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+            for (int n = 0; n < C::NT; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) tot[m][n][e] = __fadd_rn(tot[m][n][e], acc[m][n][e]), acc[m][n][e] = 0.f;
+    };
+
+    int j = 0, nt = nt_begin, kt = 0;
+    for (; j < iters; ++j) {
+        cp_async_wait<C::S - 2>();
+        __syncthreads();  // stage j landed for everyone; stage j-1 fully consumed
+        issue();
+        bf16* X = smem + (j % C::S) * C::STAGE;
+        const bf16* W = X + C::BT * C::BK;
+        mma_convert<NORM, C>(a, X, W + C::BN * C::BK, t0, kt * C::BK, s_r, vec, report && nt == nt_begin);
+        __syncthreads();
+
+#pragma unroll
+        for (int ch = 0; ch < C::BK / 32; ++ch) {
+            const int gch = kt * (C::BK / 32) + ch;
+            if (gch >= nch) break;  // all-zero chunk: skipped so the order depends on H only
+            while (gch >= next_lo) {  // slice sc is complete (an empty slice folds +0)
+                fold();
+                next_lo = ks_lo(++sc + 1, nch);
+            }
+            uint4 bw[C::NT], ax[C::MT][2];
+#pragma unroll
+            for (int n = 0; n < C::NT; ++n) bw[n] = lds16(W + tile_off<C::BK>(wn * C::WTN + n * 8 + g, ch * 4 + c));
+#pragma unroll
+            for (int m = 0; m < C::MT; ++m) {
+                const int r = wt * C::WTT + m * 16 + g;
+                ax[m][0] = lds16(X + tile_off<C::BK>(r, ch * 4 + c));
+                ax[m][1] = lds16(X + tile_off<C::BK>(r + 8, ch * 4 + c));
+            }
+#pragma unroll
+            for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+                for (int n = 0; n < C::NT; ++n)
+                    mma16816(acc[m][n], ax[m][0].x, ax[m][1].x, ax[m][0].y, ax[m][1].y, bw[n].x, bw[n].y);
+#pragma unroll
+            for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+                for (int n = 0; n < C::NT; ++n)
+                    mma16816(acc[m][n], ax[m][0].z, ax[m][1].z, ax[m][0].w, ax[m][1].w, bw[n].z, bw[n].w);
+        }
+
+        if (kt == KT - 1) {  // this N-tile is complete: fold the last slices, store, restart from zero
+            for (; sc < KSLICES; ++sc) fold();
+            sc = 0;
+            next_lo = ks_lo(1, nch);
+            const int nbase = nt * C::BN + wn * C::WTN, tbase = t0 + wt * C::WTT;
+#pragma unroll
+            for (int m = 0; m < C::MT; ++m)
+#pragma unroll
+                for (int n = 0; n < C::NT; ++n) {
+                    const int col = nbase + n * 8 + 2 * c;
+                    const int t = tbase + m * 16 + g;
+                    if (col < N) {
+                        if (t < a.T) store_pair<FAULT>(a, t, col, tot[m][n][0], tot[m][n][1]);
+                        if (t + 8 < a.T) store_pair<FAULT>(a, t + 8, col, tot[m][n][2], tot[m][n][3]);
+                    }
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) tot[m][n][e] = 0.f;
+                }
+        }
+        if (++kt == KT) kt = 0, ++nt;
+    }
+    cp_async_wait<0>();
+}
+
+// ------------------------------------------------------------------------------------------------
+// fp32 family (CUDA cores).
+
+template <int BT_, int BN_, int TM_, int TN_, int BK_, int S_>
+struct F32Cfg {
+    static constexpr int BT = BT_, BN = BN_, TM = TM_, TN = TN_, BK = BK_, S = S_;
+    static constexpr int TMH = TM / 2, TNH = TN / 2;  // a thread owns two row groups and two column groups
+    static constexpr int TX = BN / TN, TY = BT / TM;
+    static constexpr int THREADS = TX * TY;
+    static constexpr int PAD = 4;
+    static constexpr int STAGE = (BT + BN + 1) * BK;  // x, W, norm weight
+    static constexpr int RAW = S * STAGE * 2;
+    static constexpr int OPB = BK * (BT + PAD) * 4, WFB = BK * (BN + PAD) * 4;
+    static constexpr int SMEM = RAW + OPB + WFB;
+    static_assert(TM % 2 == 0 && TN % 2 == 0 && BK % 8 == 0, "tile shape");
+};
+
+typedef F32Cfg<8, 32, 2, 2, 64, 6> F32T8;
+typedef F32Cfg<32, 32, 4, 2, 64, 4> F32T32;
+typedef F32Cfg<64, 64, 4, 4, 32, 4> F32T64;
+typedef F32Cfg<128, 128, 8, 8, 32, 3> F32T128;
+
+template <int N>
+__device__ __forceinline__ void lds_f(float* d, const float* p) {
+    if constexpr (N == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+    } else if constexpr (N == 2) {
+        const float2 v = *reinterpret_cast<const float2*>(p);
+        d[0] = v.x, d[1] = v.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) d[i] = p[i];
+    }
+}
+
+template <int FAULT>
+__device__ __forceinline__ void store_one(const Args& a, int t, int n, float val) {
+    const OutPtr o = out_ptr(a, t, n);
+    if (FAULT == FAULT_UNWRITTEN && o.is_q && o.idx == a.T * a.Nq * a.D / 2) return;
+    o.p[o.idx] = __float2bfloat16_rn(val);
+}
+
+template <int FAULT, class C>
+__device__ __forceinline__ void f32_kernel(const Args a) {
+    extern __shared__ uint4 fg_smem[];
+    __shared__ float s_r[C::BT];
+    check_launch(C::THREADS, C::SMEM);
+    bf16* raw = reinterpret_cast<bf16*>(fg_smem);
+    float* op = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(fg_smem) + C::RAW);  // [BK][BT+PAD]
+    float* wf = op + C::BK * (C::BT + C::PAD);                                                  // [BK][BN+PAD]
+
+    const bool vec = vec16_ok(a);
+    const int N = (a.Nq + 2 * a.Nkv) * a.D;
+    const int tiles_n = (N + C::BN - 1) / C::BN;
+    const int npb = (tiles_n + gridDim.x - 1) / gridDim.x;
+    const int nt_begin = blockIdx.x * npb, nt_end = min(nt_begin + npb, tiles_n);
+    if (nt_begin >= nt_end) return;
+    const int t0 = blockIdx.y * C::BT;
+    const int KT = (a.H + C::BK - 1) / C::BK;
+    const int iters = (nt_end - nt_begin) * KT;
+
+    int ld_j = 0, ld_nt = nt_begin, ld_kt = 0;
+    auto issue = [&]() {
+        if (ld_j < iters) {
+            bf16* st = raw + (ld_j % C::S) * C::STAGE;
+            load_tile<C::BT, C::BK, C::THREADS>(st, a.x, a.T, a.H, t0, ld_kt * C::BK, vec);
+            load_tile<C::BN, C::BK, C::THREADS>(st + C::BT * C::BK, a.w_qkv, N, a.H, ld_nt * C::BN, ld_kt * C::BK, vec);
+            load_wnorm<C::BK>(st + (C::BT + C::BN) * C::BK, a, ld_kt * C::BK, vec);
+        }
+        cp_async_commit();
+        ++ld_j;
+        if (++ld_kt == KT) ld_kt = 0, ++ld_nt;
+    };
+#pragma unroll
+    for (int j = 0; j < C::S - 1; ++j) issue();
+
+    block_inv_rms<C::BT, (C::THREADS + 31) / 32>(a, t0, vec, s_r);
+    __syncthreads();
+    if (blockIdx.x == 0 && a.inv_rms_out != nullptr)
+        for (int i = threadIdx.x; i < C::BT; i += C::THREADS)
+            if (t0 + i < a.T) a.inv_rms_out[t0 + i] = s_r[i];
+
+    const int tx = threadIdx.x % C::TX, ty = threadIdx.x / C::TX;
+    float acc[C::TM][C::TN];
+#pragma unroll
+    for (int i = 0; i < C::TM; ++i)
+#pragma unroll
+        for (int jj = 0; jj < C::TN; ++jj) acc[i][jj] = 0.f;
+
+    constexpr int UPR = C::BK / 8;
+    int nt = nt_begin, kt = 0;
+    for (int j = 0; j < iters; ++j) {
+        cp_async_wait<C::S - 2>();
+        __syncthreads();
+        issue();
+        const bf16* X = raw + (j % C::S) * C::STAGE;
+        const bf16* W = X + C::BT * C::BK;
+        const bf16* WN = W + C::BN * C::BK;
+        // Operand (x*r)*w in fp32 and W upcast, both transposed to [k][row].
+        for (int unit = threadIdx.x; unit < C::BT * UPR; unit += C::THREADS) {
+            const int row = unit / UPR, u = unit % UPR;
+            const uint4 xv = lds16(X + tile_off<C::BK>(row, u));
+            const uint4 wv = lds16(WN + u * 8);
+            const float r = s_r[row];
+            const u32 x4[4] = {xv.x, xv.y, xv.z, xv.w}, w4[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                op[(u * 8 + 2 * e) * (C::BT + C::PAD) + row] = __fmul_rn(__fmul_rn(bf_lo(x4[e]), r), bf_lo(w4[e]));
+                op[(u * 8 + 2 * e + 1) * (C::BT + C::PAD) + row] =
+                    __fmul_rn(__fmul_rn(bf_hi(x4[e]), r), bf_hi(w4[e]));
+            }
+        }
+        for (int unit = threadIdx.x; unit < C::BN * UPR; unit += C::THREADS) {
+            const int row = unit / UPR, u = unit % UPR;
+            const uint4 wv = lds16(W + tile_off<C::BK>(row, u));
+            const u32 w4[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                wf[(u * 8 + 2 * e) * (C::BN + C::PAD) + row] = bf_lo(w4[e]);
+                wf[(u * 8 + 2 * e + 1) * (C::BN + C::PAD) + row] = bf_hi(w4[e]);
+            }
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int kk = 0; kk < C::BK; ++kk) {
+            float av[C::TM], bv[C::TN];
+            const float* opk = op + kk * (C::BT + C::PAD);
+            const float* wfk = wf + kk * (C::BN + C::PAD);
+            lds_f<C::TMH>(av, opk + ty * C::TMH);
+            lds_f<C::TMH>(av + C::TMH, opk + C::BT / 2 + ty * C::TMH);
+            lds_f<C::TNH>(bv, wfk + tx * C::TNH);
+            lds_f<C::TNH>(bv + C::TNH, wfk + C::BN / 2 + tx * C::TNH);
+#pragma unroll
+            for (int i = 0; i < C::TM; ++i)
+#pragma unroll
+                for (int jj = 0; jj < C::TN; ++jj) acc[i][jj] = fmaf(av[i], bv[jj], acc[i][jj]);
+        }
+        if (kt == KT - 1) {
+#pragma unroll
+            for (int i = 0; i < C::TM; ++i) {
+                const int t = t0 + (i < C::TMH ? ty * C::TMH + i : C::BT / 2 + ty * C::TMH + i - C::TMH);
+#pragma unroll
+                for (int jj = 0; jj < C::TN; ++jj) {
+                    const int n = nt * C::BN + (jj < C::TNH ? tx * C::TNH + jj : C::BN / 2 + tx * C::TNH + jj - C::TNH);
+                    if (t < a.T && n < N) store_one<FAULT>(a, t, n, acc[i][jj]);
+                    acc[i][jj] = 0.f;
+                }
+            }
+        }
+        if (++kt == KT) kt = 0, ++nt;
+    }
+    cp_async_wait<0>();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Decode family (few tokens): the op is a stream of W.
+//
+// Tensor-core decode kernels (dv_kernel: NAME__dec16 for 16 tokens per block, NAME__dec32 for
+// 32), from v6 of NOTES.md. A block owns 32 rows of W and 16*MT tokens and has 16 warps: warp w
+// streams the rows of n8 group (w % 4) over k-slice (w / 4), 8 rows x 256 columns at H = 1024, so
+// a lane holds 8 chunks x 16 B of W and the block all of its 64 KiB of W in flight from the
+// start (16-byte loads straight into MMA fragment registers: the k-permutation above makes a
+// lane's W fragment one contiguous 16-byte run of its row). Before its W loads, warp w issues the
+// loads of x and the norm weight for the tokens it normalises (w, w + 16), so they lead the queue;
+// it keeps them in registers (H <= 1024: no second round trip), writes the operand into shared
+// memory, and one barrier later every warp runs its slice's MMA chain (16 MMAs at H = 1024) as
+// its W arrives. The four slices of each output are added in slice order through shared memory
+// (the exact order of the header comment), and slice 0's warp stores.
+//
+// Launch rule: block = DV_THREADS (512) threads; grid = (ceil(N / 32), ceil(T / (16*MT)));
+// dynamic shared memory = 16*MT * Hp * 2 (the operand, Hp = H rounded up to 64) + DV_RED(MT)
+// (the slices' partial sums); needs the 16-byte path (H % 8 == 0, 16-byte aligned x, w_norm, W)
+// and that much shared memory; the Rust side uses the tile kernels otherwise (`decode_plan`).
+// Rows of the operand past T are left unwritten: an MMA output row depends on its own A row
+// only, and those rows are never stored.
+//
+// fp32 decode kernel (dec_f32_kernel, fusegate_f32__dec16, the v5 design): 8 warps normalise
+// the block's 16 tokens into shared memory (fp32), 4 of them then stream 32 rows of W over all of
+// H. Launch rule: block = 256 threads; grid = (ceil(N / 32), ceil(T / 16)); dynamic shared memory
+// = 16 * Hp * 4.
+
+constexpr int DEC_WARPS = 8, DEC_THREADS = DEC_WARPS * 32;  // all warps normalise
+constexpr int DEC_CWARPS = 4, DEC_ROWS = DEC_CWARPS * 8;      // warps 0-3 stream W
+constexpr int DEC_G = 8;     // k-chunks per register batch
+constexpr int DEC_NBUF = 4;  // batches in flight: 32 chunks x 16 B per lane (all of W at H = 1024), 64 KiB per block
+
+// Shared-memory offset (elements) of 16-byte unit u of row `row` in the decode operand [rows][Hp]:
+// odd rows swap 64-byte halves, as tile_off does, so fragment loads are conflict-free.
+__device__ __forceinline__ int dec_off(int row, int u, int upr) { return (row * upr + (u ^ ((row & 1) << 2))) * 8; }
+
+// inv_rms and the GEMM operand of the block's ROWS tokens into shared memory (zeros past H;
+// rows past T untouched). F32OP: operand (x*r)*w in fp32, [ROWS][Hp] row-major; otherwise
+// NORM's bf16 B, swizzled. Warp w takes rows w*RB .. w*RB+RB-1: one pass sums their squares
+// (RB rows' loads in flight together), the second reads x again (L1) and writes the operand.
+// The inv_rms order (lane-strided, then a xor butterfly) is block_inv_rms's: the tile kernels
+// compute the same bits.
+template <int NORM, int ROWS, bool F32OP>
+__device__ __forceinline__ void dec_prologue(const Args& a, int t0, int Hp, void* smem, float* s_r) {
+    constexpr int RB = ROWS / DEC_WARPS;
+    static_assert(RB * DEC_WARPS == ROWS, "rows per warp");
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int live = min(ROWS, a.T - t0), upr = Hp / 8;
+    const int r0 = warp * RB;
+    const bool report = blockIdx.x == 0;
+    if (r0 < live) {
+        // Pass 2 re-reads the norm weight for every unit: bring it into L1 now, under pass 1.
+        for (int u = lane; u * 8 < a.H; u += 32) prefetch_l1(a.w_norm + u * 8);
+        float acc[RB];
+        const bf16* row[RB];
+#pragma unroll
+        for (int i = 0; i < RB; ++i) {
+            acc[i] = 0.f;
+            row[i] = a.x + static_cast<size_t>(t0 + min(r0 + i, live - 1)) * a.H;
+        }
+#pragma unroll(8 / RB)
+        for (int k = lane * 8; k < a.H; k += 256) {
+            uint4 u[RB];
+#pragma unroll
+            for (int i = 0; i < RB; ++i) u[i] = ldg16(row[i] + k);
+#pragma unroll
+            for (int i = 0; i < RB; ++i) {
+                const u32 w4[4] = {u[i].x, u[i].y, u[i].z, u[i].w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float f0 = bf_lo(w4[e]), f1 = bf_hi(w4[e]);
+                    acc[i] = fmaf(f0, f0, acc[i]);
+                    acc[i] = fmaf(f1, f1, acc[i]);
+                }
+            }
+        }
+        float r[RB];
+#pragma unroll
+        for (int i = 0; i < RB; ++i) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+            r[i] = inv_rms_from_sum(acc[i], a.H, a.eps);
+            if (lane == 0 && r0 + i < live) {
+                s_r[r0 + i] = r[i];
+                if (report && a.inv_rms_out != nullptr) a.inv_rms_out[t0 + r0 + i] = r[i];
+            }
+        }
+        const bool b_vec = (reinterpret_cast<unsigned long long>(a.b_out) & 15) == 0;
+#pragma unroll 4
+        for (int u = lane; u < upr; u += 32) {
+            const int k = u * 8;
+            const uint4 wv = k < a.H ? ldg16(a.w_norm + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int i = 0; i < RB; ++i) {
+                const int rr = r0 + i;
+                if (rr >= live) break;
+                const uint4 xv = k < a.H ? ldg16(row[i] + k) : make_uint4(0, 0, 0, 0);
+                if constexpr (F32OP) {
+                    const u32 x4[4] = {xv.x, xv.y, xv.z, xv.w}, w4[4] = {wv.x, wv.y, wv.z, wv.w};
+                    float o[8];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        o[2 * e] = __fmul_rn(__fmul_rn(bf_lo(x4[e]), r[i]), bf_lo(w4[e]));
+                        o[2 * e + 1] = __fmul_rn(__fmul_rn(bf_hi(x4[e]), r[i]), bf_hi(w4[e]));
+                    }
+                    float* dst = static_cast<float*>(smem) + rr * Hp + k;
+                    reinterpret_cast<float4*>(dst)[0] = make_float4(o[0], o[1], o[2], o[3]);
+                    reinterpret_cast<float4*>(dst)[1] = make_float4(o[4], o[5], o[6], o[7]);
+                } else {
+                    const uint4 bv = make_uint4(norm_pair<NORM>(xv.x, wv.x, r[i]), norm_pair<NORM>(xv.y, wv.y, r[i]),
+                                                norm_pair<NORM>(xv.z, wv.z, r[i]), norm_pair<NORM>(xv.w, wv.w, r[i]));
+                    sts16(static_cast<bf16*>(smem) + dec_off(rr, u, upr), bv);
+                    if (report && a.b_out != nullptr && k < a.H) {
+                        bf16* dst = a.b_out + static_cast<size_t>(t0 + rr) * a.H + k;
+                        if (b_vec) {
+                            sts16(dst, bv);  // generic store to global
+                        } else {
+                            const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                            for (int jj = 0; jj < 8; ++jj)
+                                dst[jj] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[jj / 2] >> (16 * (jj % 2))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// The lane's W fragments for chunks grp*DEC_G .. +DEC_G-1 (zeros past H or N).
+__device__ __forceinline__ void dec_load(uint4 (&buf)[DEC_G], const bf16* wrow, bool row_ok, int grp, int c, int H) {
+#pragma unroll
+    for (int i = 0; i < DEC_G; ++i) {
+        const int k = (grp * DEC_G + i) * 32 + c * 8;
+        buf[i] = row_ok && k < H ? ldg16(wrow + k) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core decode kernel (comment above the fp32 one's constants).
+
+constexpr int DV_GROUPS = 4, DV_ROWS = DV_GROUPS * 8;                  // n8 groups: 32 rows of W per block
+constexpr int DV_WARPS = DV_GROUPS * KSLICES, DV_THREADS = DV_WARPS * 32;  // one warp per (group, k-slice)
+constexpr int DV_G = 8;  // k-chunks per W register batch: a whole slice at H <= 1024
+// Bytes of shared memory for the partial sums of slices 1..3 (float4 per lane and m-tile).
+__host__ __device__ constexpr int dv_red_bytes(int mt) { return (KSLICES - 1) * DV_GROUPS * mt * 32 * 16; }
+
+// A 16-byte load of W, read once: not allocated in L1 (keeps x and the norm weight there).
+// volatile pins it where it is written: before the prologue's math and barrier.
+__device__ __forceinline__ uint4 ldg16_stream(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+// The lane's W fragments for chunks ch0 .. ch0+DV_G-1 of its row, those below `chi` (zeros past H
+// or N, and for chunks of other slices).
+__device__ __forceinline__ void dv_load_w(uint4 (&buf)[DV_G], const bf16* wrow, bool row_ok, int ch0, int chi, int c,
+                                          int H) {
+#pragma unroll
+    for (int i = 0; i < DV_G; ++i) {
+        const int k = (ch0 + i) * 32 + c * 8;
+        buf[i] = row_ok && ch0 + i < chi && k < H ? ldg16_stream(wrow + k) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// Units (16 bytes) of x and the norm weight a lane handles per segment of 1024 columns: u = seg *
+// 128 + lane + 32 j, j < 4, i.e. k = lane*8 + 256*i in increasing order: block_inv_rms's order.
+constexpr int DV_UPL = 4;
+
+// Loads segment `seg` of the lane's x units for the warp's MT tokens (rows warp + 16 i of the
+// block's tile; nothing for rows past T) and of the norm weight.
+template <int MT>
+__device__ __forceinline__ void dv_load_x(uint4 (&xr)[MT][DV_UPL], uint4 (&wn)[DV_UPL], const Args& a, int t0, int live,
+                                          int seg) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < DV_UPL; ++j) {
+        const int k = (seg * 128 + lane + 32 * j) * 8;
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+            const int rr = warp + 16 * i;
+            xr[i][j] = rr < live && k < a.H ? ldg16(a.x + static_cast<size_t>(t0 + rr) * a.H + k) : make_uint4(0, 0, 0, 0);
+        }
+        wn[j] = warp < live && k < a.H ? ldg16(a.w_norm + k) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// The GEMM operand of the warp's tokens into shared memory (swizzled, zeros from H to Hp), inv_rms
+// into s_r, and the debug copies (block x == 0). Expects segment 0 already loaded into xr / wn.
+// Sum of squares: block_inv_rms's order exactly (lane-strided k, fmaf per element, xor butterfly),
+// so exact's decode and tile kernels see the same inv_rms and operand bits.
+template <int NORM, int MT>
+__device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int upr, bf16* smem, float* s_r,
+                                            uint4 (&xr)[MT][DV_UPL], uint4 (&wn)[DV_UPL]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp >= live) return;  // no token for this warp (rows warp + 16 i, i >= 1, are past T too)
+    const int nseg = (upr + 127) / 128;
+    float acc[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[i] = 0.f;
+    for (int seg = 0; seg < nseg; ++seg) {
+        if (seg > 0) dv_load_x<MT>(xr, wn, a, t0, live, seg);
+#pragma unroll
+        for (int j = 0; j < DV_UPL; ++j) {
+            if ((seg * 128 + lane + 32 * j) * 8 >= a.H) break;
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const u32 w4[4] = {xr[i][j].x, xr[i][j].y, xr[i][j].z, xr[i][j].w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float f0 = bf_lo(w4[e]), f1 = bf_hi(w4[e]);
+                    acc[i] = fmaf(f0, f0, acc[i]);
+                    acc[i] = fmaf(f1, f1, acc[i]);
+                }
+            }
+        }
+    }
+    const bool report = blockIdx.x == 0;
+    float r[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+        r[i] = inv_rms_from_sum(acc[i], a.H, a.eps);
+        const int rr = warp + 16 * i;
+        if (lane == 0 && rr < live) {
+            s_r[rr] = r[i];
+            if (report && a.inv_rms_out != nullptr) a.inv_rms_out[t0 + rr] = r[i];
+        }
+    }
+    const bool b_vec = (reinterpret_cast<unsigned long long>(a.b_out) & 15) == 0;
+    for (int seg = 0; seg < nseg; ++seg) {
+        if (nseg > 1) dv_load_x<MT>(xr, wn, a, t0, live, seg);
+#pragma unroll
+        for (int j = 0; j < DV_UPL; ++j) {
+            const int u = seg * 128 + lane + 32 * j, k = u * 8;
+            if (u >= upr) break;
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const int rr = warp + 16 * i;
+                if (rr >= live) break;
+                const uint4 xv = xr[i][j], wv = wn[j];
+                const uint4 bv = k < a.H ? make_uint4(norm_pair<NORM>(xv.x, wv.x, r[i]), norm_pair<NORM>(xv.y, wv.y, r[i]),
+                                                      norm_pair<NORM>(xv.z, wv.z, r[i]), norm_pair<NORM>(xv.w, wv.w, r[i]))
+                                         : make_uint4(0, 0, 0, 0);
+                sts16(smem + dec_off(rr, u, upr), bv);
+                if (report && a.b_out != nullptr && k < a.H) {
+                    bf16* dst = a.b_out + static_cast<size_t>(t0 + rr) * a.H + k;
+                    if (b_vec) {
+                        sts16(dst, bv);  // generic store to global
+                    } else {
+                        const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                        for (int jj = 0; jj < 8; ++jj)
+                            dst[jj] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[jj / 2] >> (16 * (jj % 2))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+// CHAINS = 2 (mixed and its mutants): inside a slice, even and odd chunks accumulate in two MMA
+// chains, added at the end (a k-order of their own: mixed may be batch-variant). CHAINS = 1
+// (exact): one chain per slice, the order shared with the tile kernels.
+// PDL (NAME__dec16_pdl / __dec32_pdl, launched with programmatic stream serialization when
+// $FUSEGATE_PDL=1): the block starts its W loads (weights: nothing earlier in the stream writes
+// them), lets the next grid launch, and only then waits for the previous grid (griddepcontrol)
+// before it reads x or writes anything; so W streams while the previous kernel finishes. Without
+// the launch attribute both griddepcontrol instructions do nothing.
+template <int NORM, int FAULT, int MT, int CHAINS, bool PDL>
+__device__ __forceinline__ void dv_kernel(const Args a) {
+    constexpr int TT = 16 * MT;
+    extern __shared__ uint4 fg_smem[];
+    __shared__ float s_r[TT];
+    const int Hp = (a.H + 63) & ~63, upr = Hp / 8;
+    check_launch(DV_THREADS, TT * Hp * 2 + dv_red_bytes(MT));
+    bf16* opnd = reinterpret_cast<bf16*>(fg_smem);
+    float4* red = reinterpret_cast<float4*>(reinterpret_cast<unsigned char*>(fg_smem) + TT * Hp * 2);
+    const int N = (a.Nq + 2 * a.Nkv) * a.D;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int grp = warp % DV_GROUPS, slice = warp / DV_GROUPS;
+    const int t0 = blockIdx.y * TT, live = min(TT, a.T - t0);
+    const int n = blockIdx.x * DV_ROWS + grp * 8 + g;  // this lane's row of W
+    const bool row_ok = n < N;
+    const bf16* wrow = a.w_qkv + static_cast<size_t>(row_ok ? n : 0) * a.H;
+    const int nch = (a.H + 31) / 32;
+    const int c_lo = ks_lo(slice, nch), c_hi = ks_lo(slice + 1, nch);
+
+    // x and the norm weight first (they lead the memory queue), then this warp's W; with PDL, W
+    // first, then the wait for the previous grid, then x.
+    uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
+    if constexpr (PDL) {
+        dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    } else {
+        dv_load_x<MT>(xr, wn, a, t0, live, 0);
+        dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
+    }
+    dv_prologue<NORM, MT>(a, t0, live, upr, opnd, s_r, xr, wn);
+    __syncthreads();
+
+    // Row bases of this lane's A fragments; unit (ch*4 + c) of row r sits at
+    // ((ch ^ (r & 1)) * 4 + c) * 8 (dec_off), and rows g, g+8, g+16, ... share g's parity.
+    const bool upper = live > 8 || MT > 1;  // rows 8..15 of the first m-tile hold tokens
+    const int p = g & 1;
+    const bf16* lo[MT];
+    const bf16* hi[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        lo[m] = opnd + (m * 16 + g) * upr * 8 + c * 8;
+        hi[m] = lo[m] + 8 * upr * 8;
+    }
+    float acc[CHAINS][MT][4];
+#pragma unroll
+    for (int q = 0; q < CHAINS; ++q)
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][m][e] = 0.f;
+    for (int ch0 = c_lo; ch0 < c_hi; ch0 += DV_G) {
+        if (ch0 != c_lo) dv_load_w(wb, wrow, row_ok, ch0, c_hi, c, a.H);
+#pragma unroll
+        for (int i = 0; i < DV_G; ++i) {
+            const int ch = ch0 + i;  // DV_G is even: the chain parity is i's
+            if (ch >= c_hi) break;
+            const int off = (ch ^ p) * 32;
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                float(&d)[4] = acc[CHAINS == 2 ? (i & 1) : 0][m];
+                const uint4 x0 = lds16(lo[m] + off);
+                const uint4 x1 = (m > 0 || upper) ? lds16(hi[m] + off) : make_uint4(0, 0, 0, 0);
+                mma16816(d, x0.x, x1.x, x0.y, x1.y, wb[i].x, wb[i].y);
+                mma16816(d, x0.z, x1.z, x0.w, x1.w, wb[i].z, wb[i].w);
+            }
+        }
+    }
+    if constexpr (CHAINS == 2) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[0][m][e] = __fadd_rn(acc[0][m][e], acc[1][m][e]);
+    }
+
+    // Slices 1..3 hand their partial sums to slice 0's warp, which adds them in slice order.
+    if (slice > 0) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+            red[(((slice - 1) * DV_GROUPS + grp) * MT + m) * 32 + lane] =
+                make_float4(acc[0][m][0], acc[0][m][1], acc[0][m][2], acc[0][m][3]);
+    }
+    __syncthreads();
+    if (slice > 0) return;
+    const int col = blockIdx.x * DV_ROWS + grp * 8 + 2 * c;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = __fadd_rn(0.f, acc[0][m][e]);
+#pragma unroll
+        for (int s = 1; s < KSLICES; ++s) {
+            const float4 pv = red[(((s - 1) * DV_GROUPS + grp) * MT + m) * 32 + lane];
+            v[0] = __fadd_rn(v[0], pv.x), v[1] = __fadd_rn(v[1], pv.y);
+            v[2] = __fadd_rn(v[2], pv.z), v[3] = __fadd_rn(v[3], pv.w);
+        }
+        if (col < N) {
+            const int t = t0 + m * 16 + g;
+            if (t < a.T) store_pair<FAULT>(a, t, col, v[0], v[1]);
+            if (t + 8 < a.T) store_pair<FAULT>(a, t + 8, col, v[2], v[3]);
+        }
+    }
+}
+
+// fp32 decode: FFMA. A lane owns 8 consecutive k of each chunk of its row (the same 16-byte W
+// loads), accumulates every token of the block over them in increasing k, and the four lanes of
+// a row are summed in a fixed butterfly at the end: deterministic, though not the order of
+// f32_kernel (fusegate_f32's contract does not promise batch invariance).
+template <int FAULT>
+__device__ __forceinline__ void dec_f32_kernel(const Args a) {
+    constexpr int TT = 16;
+    extern __shared__ uint4 fg_smem[];
+    __shared__ float s_r[TT];
+    const int Hp = (a.H + 63) & ~63;
+    check_launch(DEC_THREADS, TT * Hp * 4);
+    const int N = (a.Nq + 2 * a.Nkv) * a.D;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const bool streams = warp < DEC_CWARPS;
+    const int t0 = blockIdx.y * TT;
+    const int n = blockIdx.x * DEC_ROWS + (warp % DEC_CWARPS) * 8 + g;
+    const bool row_ok = streams && n < N;
+    const bf16* wrow = a.w_qkv + static_cast<size_t>(row_ok ? n : 0) * a.H;
+    const int nch = (a.H + 31) / 32, ngrp = (nch + DEC_G - 1) / DEC_G;
+
+    uint4 b0[DEC_G], b1[DEC_G], b2[DEC_G], b3[DEC_G];
+    dec_load(b0, wrow, row_ok, 0, c, a.H);
+    dec_load(b1, wrow, row_ok, 1, c, a.H);
+    dec_load(b2, wrow, row_ok, 2, c, a.H);
+    dec_load(b3, wrow, row_ok, 3, c, a.H);
+    const float* OP = reinterpret_cast<const float*>(fg_smem);
+    dec_prologue<NORM_F32, TT, true>(a, t0, Hp, fg_smem, s_r);
+    if (!streams) return;
+    const int live = min(TT, a.T - t0);
+
+    float acc[TT];
+#pragma unroll
+    for (int t = 0; t < TT; ++t) acc[t] = 0.f;
+    auto compute = [&](const uint4 (&buf)[DEC_G], int grp) {
+#pragma unroll
+        for (int i = 0; i < DEC_G; ++i) {
+            const int ch = grp * DEC_G + i;
+            if (ch >= nch) break;
+            const int k = ch * 32 + c * 8;
+            const u32 w4[4] = {buf[i].x, buf[i].y, buf[i].z, buf[i].w};
+            float w[8];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) w[2 * e] = bf_lo(w4[e]), w[2 * e + 1] = bf_hi(w4[e]);
+#pragma unroll
+            for (int t = 0; t < TT; ++t) {
+                if (t < live) {
+                    const float4 o0 = *reinterpret_cast<const float4*>(OP + t * Hp + k);
+                    const float4 o1 = *reinterpret_cast<const float4*>(OP + t * Hp + k + 4);
+                    float s = acc[t];
+                    s = fmaf(o0.x, w[0], s), s = fmaf(o0.y, w[1], s), s = fmaf(o0.z, w[2], s), s = fmaf(o0.w, w[3], s);
+                    s = fmaf(o1.x, w[4], s), s = fmaf(o1.y, w[5], s), s = fmaf(o1.z, w[6], s), s = fmaf(o1.w, w[7], s);
+                    acc[t] = s;
+                }
+            }
+        }
+    };
+    for (int grp = 0; grp < ngrp; grp += DEC_NBUF) {
+        compute(b0, grp);
+        dec_load(b0, wrow, row_ok, grp + 4, c, a.H);
+        compute(b1, grp + 1);
+        dec_load(b1, wrow, row_ok, grp + 5, c, a.H);
+        compute(b2, grp + 2);
+        dec_load(b2, wrow, row_ok, grp + 6, c, a.H);
+        compute(b3, grp + 3);
+        dec_load(b3, wrow, row_ok, grp + 7, c, a.H);
+    }
+#pragma unroll
+    for (int t = 0; t < TT; ++t) {
+        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], 1);
+        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], 2);
+    }
+    if (row_ok) {
+#pragma unroll
+        for (int t = 0; t < TT; ++t)
+            if (t % 4 == c && t < live) store_one<FAULT>(a, t0 + t, n, acc[t]);
+    }
+}
+
+}  // namespace fg
+
+// ------------------------------------------------------------------------------------------------
+// The registry's kernels. One line per variant or mutant; each expands to the generic entry
+// point (t64 config) plus the per-T specialisations (tile configs __t*, decode kernels __dec*).
+
+#define FG_KERNEL(NAME, BODY, CFG)                                                                 \
+    extern "C" __global__ void __launch_bounds__(CFG::THREADS) NAME(FG_PARAMS) { BODY<CFG>(FG_ARGS); }
+
+#define FG_MMA_VARIANT(NAME, NORM, FAULT, CHAINS)                                                  \
+    template <class C>                                                                             \
+    __device__ __forceinline__ void NAME##_body(const fg::Args a) {                                \
+        fg::mma_kernel<NORM, FAULT, C>(a);                                                         \
+    }                                                                                              \
+    FG_KERNEL(NAME, NAME##_body, fg::MmaT64)                                                       \
+    FG_KERNEL(NAME##__t16, NAME##_body, fg::MmaT16)                                                \
+    FG_KERNEL(NAME##__t32, NAME##_body, fg::MmaT32)                                                \
+    FG_KERNEL(NAME##__t64, NAME##_body, fg::MmaT64)                                                \
+    FG_KERNEL(NAME##__t128, NAME##_body, fg::MmaT128)                                              \
+    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec16(FG_PARAMS) {       \
+        fg::dv_kernel<NORM, FAULT, 1, CHAINS, false>(FG_ARGS);                                     \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec32(FG_PARAMS) {       \
+        fg::dv_kernel<NORM, FAULT, 2, CHAINS, false>(FG_ARGS);                                     \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec16_pdl(FG_PARAMS) {   \
+        fg::dv_kernel<NORM, FAULT, 1, CHAINS, true>(FG_ARGS);                                      \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec32_pdl(FG_PARAMS) {   \
+        fg::dv_kernel<NORM, FAULT, 2, CHAINS, true>(FG_ARGS);                                      \
+    }
+
+#define FG_F32_VARIANT(NAME, FAULT)                                                                \
+    template <class C>                                                                             \
+    __device__ __forceinline__ void NAME##_body(const fg::Args a) {                                \
+        fg::f32_kernel<FAULT, C>(a);                                                               \
+    }                                                                                              \
+    FG_KERNEL(NAME, NAME##_body, fg::F32T64)                                                       \
+    FG_KERNEL(NAME##__t8, NAME##_body, fg::F32T8)                                                  \
+    FG_KERNEL(NAME##__t32, NAME##_body, fg::F32T32)                                                \
+    FG_KERNEL(NAME##__t64, NAME##_body, fg::F32T64)                                                \
+    FG_KERNEL(NAME##__t128, NAME##_body, fg::F32T128)                                              \
+    extern "C" __global__ void __launch_bounds__(fg::DEC_THREADS) NAME##__dec16(FG_PARAMS) {         \
+        fg::dec_f32_kernel<FAULT>(FG_ARGS);                                                        \
+    }
+
+FG_F32_VARIANT(fusegate_f32, fg::FAULT_NONE)
+// (name, norm rounding, fault, decode MMA chains: 1 = exact's single k-order, 2 = mixed's faster one)
+FG_MMA_VARIANT(fusegate_mixed, fg::NORM_HF, fg::FAULT_NONE, 2)
+FG_MMA_VARIANT(fusegate_exact, fg::NORM_HF, fg::FAULT_NONE, 1)
+FG_MMA_VARIANT(mutant_round_once, fg::NORM_ONCE, fg::FAULT_NONE, 2)
+FG_MMA_VARIANT(mutant_skip_weight, fg::NORM_SKIPW, fg::FAULT_NONE, 2)
+FG_MMA_VARIANT(mutant_unwritten, fg::NORM_HF, fg::FAULT_UNWRITTEN, 2)

@@ -1,0 +1,127 @@
+//! `cargo xtask bench`: device-time benchmarks of the GPU variants and PyTorch baselines.
+
+use crate::conform::results_dir;
+use anyhow::{Context, bail};
+use fusegate_harness::bench::compare;
+use fusegate_harness::bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
+use fusegate_harness::bench::schema::{BenchRun, Cache};
+use fusegate_harness::bench::stats::StopRule;
+use fusegate_harness::bench::{report, select};
+use fusegate_harness::results::write_atomically;
+use fusegate_kernels::cuda::Cuda;
+use fusegate_kernels::registry::{self, CudaImpl};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Time the GPU variants (CUDA events, cold and hot L2) against the floor and PyTorch.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Variant to time (repeatable). Default: every variant with a GPU implementation.
+    #[arg(long = "variant", value_name = "V")]
+    variants: Vec<String>,
+    /// Token counts.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TOKENS)]
+    tokens: Vec<usize>,
+    /// L2 state: cold (flushed / rotated), hot, or both.
+    #[arg(long, default_value = "both", value_parser = ["cold", "hot", "both"])]
+    cache: String,
+    /// Time budget per measurement, seconds (sampling stops earlier once the median's 95% CI < 1%).
+    #[arg(long, default_value_t = 2.0)]
+    budget: f64,
+    /// Skip the PyTorch eager / torch.compile baselines.
+    #[arg(long)]
+    no_torch: bool,
+    /// The PyTorch baseline script (default: harness/scripts/torch_baseline.py).
+    #[arg(long, value_name = "PATH")]
+    torch_script: Option<PathBuf>,
+    /// Compare with an earlier bench JSON: SAME / FASTER / SLOWER per (variant, T, cache).
+    #[arg(long, value_name = "PATH")]
+    compare: Option<PathBuf>,
+    /// With --compare: compare this bench JSON instead of running a new benchmark.
+    #[arg(long, value_name = "PATH", requires = "compare")]
+    with: Option<PathBuf>,
+    /// Compare even when the two runs' fingerprints (GPU, driver, CUDA, cuBLAS) differ.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, default_value_t = 0x0f05_e6a7)]
+    seed: u64,
+}
+
+pub fn load_bench(path: &Path) -> anyhow::Result<BenchRun> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a fusegate bench file", path.display()))
+}
+
+fn default_script() -> PathBuf {
+    std::env::var_os("FUSEGATE_SCRIPTS")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../harness/scripts"), PathBuf::from)
+        .join("torch_baseline.py")
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if let (Some(old), Some(new)) = (&a.compare, &a.with) {
+        return print_compare(&load_bench(old)?, &load_bench(new)?, a.force);
+    }
+    if a.tokens.contains(&0) {
+        bail!("--tokens: T = 0 is not a shape (every token count must be >= 1)");
+    }
+    if !(a.budget.is_finite() && a.budget > 0.0) {
+        bail!("--budget {}: must be a positive number of seconds", a.budget);
+    }
+    let mut variants = Vec::new();
+    for name in &a.variants {
+        match registry::find(name) {
+            Some(e) if e.cuda != CudaImpl::None && !e.is_mutant() => variants.push(e),
+            Some(_) => bail!("--variant {name}: not a variant with a GPU implementation"),
+            None => bail!("--variant {name:?}: no such variant"),
+        }
+    }
+    if variants.is_empty() {
+        variants = bench_run::default_variants();
+    }
+    let cuda = Cuda::probe().map_err(|why| anyhow::anyhow!("bench needs a GPU: {why}"))?;
+    let caches = match a.cache.as_str() {
+        "cold" => vec![Cache::Cold],
+        "hot" => vec![Cache::Hot],
+        _ => vec![Cache::Cold, Cache::Hot],
+    };
+    let opts = Options {
+        variants,
+        tokens: a.tokens,
+        caches,
+        stop: StopRule { budget_s: a.budget, ..StopRule::default() },
+        seed: a.seed,
+        torch_script: (!a.no_torch).then(|| a.torch_script.unwrap_or_else(default_script)),
+        results_dir: results_dir(),
+    };
+    let run = bench_run::run(&cuda, &opts, |line| println!("{line}")).map_err(|e| anyhow::anyhow!("bench: {e}"))?;
+    let path = bench_run::save(&run, &opts.results_dir).context("writing bench results")?;
+    println!("results: {}", path.display());
+    write_report(&run, None, &opts.results_dir)?;
+    let bad = run.measurements.iter().filter(|m| !m.usable()).count();
+    if let Some(old) = &a.compare {
+        print_compare(&load_bench(old)?, &run, a.force)?;
+    }
+    if bad > 0 {
+        eprintln!("error: {bad} measurements are measurement errors (faster than the floor): see the JSON");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_compare(old: &BenchRun, new: &BenchRun, force: bool) -> anyhow::Result<ExitCode> {
+    let rows = compare::compare(old, new, force).map_err(|e| anyhow::anyhow!("--compare: {e}"))?;
+    print!("{}", compare::table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// results/<gpu>/report.md and plot.svg (select rewrites them with its decision).
+pub fn write_report(run: &BenchRun, decision: Option<&select::Decision>, results: &Path) -> anyhow::Result<()> {
+    let dir = results.join(run.fingerprint.gpu_slug());
+    let svg = report::plot_svg(run).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
+    write_atomically(&dir.join("latency.svg"), svg.as_bytes()).context("writing latency.svg")?;
+    let md = report::markdown(run, decision, "latency.svg");
+    write_atomically(&dir.join("report.md"), md.as_bytes()).context("writing report.md")?;
+    println!("report: {}", dir.join("report.md").display());
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `cargo xtask bundle`: one git-ignored folder that runs fusegate on a GPU machine with no cargo:
+//! the release binary, the goldens, the Python scripts and a run.sh.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Build release binaries and assemble bundle/ (run it there with ./bundle/run.sh).
+#[derive(clap::Args)]
+pub struct Args {
+    /// Output folder.
+    #[arg(long, default_value = "bundle")]
+    out: PathBuf,
+    /// Link bundle/golden to ../golden/data instead of copying it (when the tree travels with the
+    /// bundle and the copy would double its size).
+    #[arg(long)]
+    link_goldens: bool,
+}
+
+const RUN_SH: &str = r#"#!/usr/bin/env bash
+# fusegate on a GPU machine without cargo. Usage: ./run.sh [all|conform|bench|select] [args...]
+# all (default): conform --backend cuda, bench, select; exits non-zero if any step failed.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+export FUSEGATE_GOLDEN_DIR="$here/golden" FUSEGATE_SCRIPTS="$here/scripts"
+export FUSEGATE_RESULTS_DIR="${FUSEGATE_RESULTS_DIR:-$here/results}" FUSEGATE_GIT_COMMIT="@COMMIT@"
+cmd="${1:-all}"; [ $# -gt 0 ] && shift
+if [ "$cmd" != all ]; then exec "$here/fusegate" "$cmd" "$@"; fi
+status=0
+"$here/fusegate" conform --backend cuda || status=1
+"$here/fusegate" bench "$@" || status=1
+"$here/fusegate" select || status=1
+exit $status
+"#;
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), &dst).with_context(|| format!("copying {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?.to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--package", "xtask"])
+        .status()
+        .context("running cargo build --release")?;
+    if !status.success() {
+        bail!("cargo build --release failed ({status})");
+    }
+    let out = if a.out.is_absolute() { a.out.clone() } else { root.join(&a.out) };
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::copy(root.join("target/release/xtask"), out.join("fusegate")).context("copying the binary")?;
+    copy_dir(&root.join("harness/scripts"), &out.join("scripts"))?;
+    copy_dir(&root.join("golden/capture"), &out.join("capture"))?;
+    if a.link_goldens {
+        std::os::unix::fs::symlink("../golden/data", out.join("golden")).context("linking the goldens")?;
+    } else {
+        copy_dir(&root.join("golden/data"), &out.join("golden"))?;
+    }
+    let commit = Command::new("git")
+        .current_dir(&root)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let run_sh = out.join("run.sh");
+    std::fs::write(&run_sh, RUN_SH.replace("@COMMIT@", &commit)).context("writing run.sh")?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755))?;
+    let size: u64 = walk_size(&out);
+    println!(
+        "bundle: {} ({:.1} MiB); on the GPU machine: ./{}/run.sh",
+        out.display(),
+        size as f64 / 1048576.0,
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn walk_size(p: &Path) -> u64 {
+    std::fs::symlink_metadata(p).map_or(0, |m| {
+        if m.is_dir() {
+            std::fs::read_dir(p).map_or(0, |r| r.filter_map(|e| e.ok()).map(|e| walk_size(&e.path())).sum())
+        } else {
+            m.len()
+        }
+    })
+}

@@ -1,0 +1,60 @@
+//! `cargo xtask select`: the production decision from the latest conformance and bench results.
+
+use crate::bench::{load_bench, write_report};
+use crate::conform::results_dir;
+use anyhow::{Context, bail};
+use fusegate_harness::bench::select::{self, Mix};
+use fusegate_harness::results::write_atomically;
+use std::process::ExitCode;
+
+/// Choose the production variant per token bucket from results/<gpu>/{latest,conformance-cuda}.json.
+#[derive(clap::Args)]
+pub struct Args {
+    /// GPU directory under results/ (e.g. nvidia-h200). Default: the only one with a bench.
+    #[arg(long)]
+    gpu: Option<String>,
+    /// Traffic shares of decode (T 1-32), small prefill (33-512) and prefill (> 512).
+    #[arg(long, default_value = "0.7,0.2,0.1")]
+    mix: Mix,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let results = results_dir();
+    let gpu = match a.gpu {
+        Some(g) => g,
+        None => {
+            let found: Vec<String> = std::fs::read_dir(&results)
+                .with_context(|| format!("reading {}", results.display()))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("latest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("no results/<gpu>/latest.json: run `cargo xtask bench` on a GPU first"),
+                many => bail!("several GPUs have results ({}): pass --gpu", many.join(", ")),
+            }
+        }
+    };
+    let dir = results.join(&gpu);
+    let bench_path = dir.join("latest.json");
+    let conf_path = dir.join("conformance-cuda.json");
+    let bench = load_bench(&bench_path)?;
+    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conf_path).with_context(|| {
+        format!("reading {} (run `cargo xtask conform --backend cuda` on this GPU)", conf_path.display())
+    })?)
+    .with_context(|| format!("{}: not JSON", conf_path.display()))?;
+    let gates = select::gates_from_conformance(&conf, "cuda");
+    if gates.is_empty() {
+        bail!("{}: no CUDA conformance trials", conf_path.display());
+    }
+    let decision =
+        select::decide(&bench, gates, a.mix, (bench_path.display().to_string(), conf_path.display().to_string()));
+    let json = serde_json::to_vec_pretty(&decision).context("serialising the decision")?;
+    write_atomically(&dir.join("decision.json"), &json).context("writing decision.json")?;
+    let md = decision.markdown();
+    write_atomically(&dir.join("decision.md"), md.as_bytes()).context("writing decision.md")?;
+    write_report(&bench, Some(&decision), &results)?;
+    print!("{md}");
+    Ok(ExitCode::SUCCESS)
+}
