@@ -142,14 +142,26 @@ pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun
         })
         .collect();
     let device = plan.trials.iter().find_map(|t| t.backend.backend.as_ref().ok().and_then(|b| b.device()));
-    ConformanceRun::new(
+    let mut notes: Vec<String> = Vec::new();
+    for t in &plan.trials {
+        if let Ok(b) = &t.backend.backend {
+            for n in b.notes() {
+                if !notes.contains(&n) {
+                    notes.push(n);
+                }
+            }
+        }
+    }
+    let mut run = ConformanceRun::new(
         plan.backend_label.clone(),
         Environment::capture(device),
         plan.suite.manifest.provenance.clone(),
         plan.suite.load_errors(),
         reports,
         start.elapsed().as_secs_f64(),
-    )
+    );
+    run.backend_notes = notes;
+    run
 }
 
 #[cfg(test)]

@@ -112,6 +112,8 @@ pub struct ConformanceRun {
     pub summary: Summary,
     /// Golden cases that could not be loaded, one line each (their trials failed).
     pub errors: Vec<String>,
+    /// What the backends recorded (e.g. NVRTC compile times).
+    pub backend_notes: Vec<String>,
     pub trials: Vec<TrialReport>,
 }
 
@@ -132,7 +134,16 @@ impl ConformanceRun {
                 Outcome::Ignored(_) => summary.ignored += 1,
             }
         }
-        ConformanceRun { schema: SCHEMA, backend, environment, golden, summary, errors, trials }
+        ConformanceRun {
+            schema: SCHEMA,
+            backend,
+            environment,
+            golden,
+            summary,
+            errors,
+            backend_notes: Vec::new(),
+            trials,
+        }
     }
 
     pub fn ok(&self) -> bool {
@@ -213,10 +224,19 @@ impl ConformanceRun {
                     Truth::GoldenOperands => "golden-operand",
                 });
             let verb = if t_is_mutant(&golden) { "rejected" } else { "passed" };
+            let agreement: Vec<_> =
+                golden.iter().flat_map(|t| &t.agreement_with_cpu).filter(|a| Stage::C.contains(&a.stage)).collect();
+            let vs_cpu = if agreement.is_empty() {
+                String::new()
+            } else {
+                let lo = agreement.iter().map(|a| a.bit_exact_fraction).fold(1.0, f64::min);
+                let ulp = agreement.iter().map(|a| a.max_ulp).max().unwrap_or(0);
+                format!("; vs its CPU emulation: >= {:.2}% bit-identical, max {ulp} ulp", 100.0 * lo)
+            };
             let _ = writeln!(
                 s,
                 "  {backend}/{entry}: {verb} {passed}/{}; bit-identical to PyTorch on {:.2}-{:.2}% of outputs, \
-                 max {max_ulp} ulp; error to the {truth} fp64 truth {rlo:.3}-{rhi:.3}x PyTorch's",
+                 max {max_ulp} ulp; error to the {truth} fp64 truth {rlo:.3}-{rhi:.3}x PyTorch's{vs_cpu}",
                 golden.len(),
                 100.0 * lo,
                 100.0 * hi,

@@ -12,8 +12,8 @@
 // memory (A then B for HF) right before the MMAs: the GEMM operand never touches device memory.
 // inv_rms of the block's BT rows is computed first, while the first S-1 stages are in flight.
 //
-// Reduction order (why exact is batch-invariant): the ceil(H/32) 32-wide k-chunks are cut into
-// KSLICES = 4 contiguous k-slices (slice s = chunks ks_lo(s) .. ks_lo(s+1)-1, ks_lo(s) =
+// Reduction order (why exact is batch-invariant): the nch = ceil(H/32) 32-wide k-chunks are cut
+// into KSLICES = 4 contiguous k-slices (slice s = chunks ks_lo(s) .. ks_lo(s+1)-1, ks_lo(s) =
 // s * nch / 4). Each slice is one MMA chain from zero: "for each chunk of the slice in increasing
 // k: mma step 0, mma step 1". An output element is then (((0 + slice0) + slice1) + slice2) +
 // slice3, fp32 adds rounded to nearest. Chunks entirely past H are skipped (an empty slice adds
@@ -405,10 +405,11 @@ __device__ __forceinline__ void f32_kernel(const Args a) {
 // it keeps them in registers (H <= 1024: no second round trip), writes the operand into shared
 // memory, and one barrier later every warp runs its slice's MMA chain (16 MMAs at H = 1024) as
 // its W arrives. The four slices of each output are added in slice order through shared memory
-// (the exact order of the header comment), and slice 0's warp stores.
+// (the exact order of the header comment), and slice 0's warp stores. (v7 tried cp.async for x,
+// 8 k-slices and two blocks per SM: slower, NOTES.md.)
 //
 // Launch rule: block = DV_THREADS (512) threads; grid = (ceil(N / 32), ceil(T / (16*MT)));
-// dynamic shared memory = 16*MT * Hp * 2 (the operand, Hp = H rounded up to 64) + DV_RED(MT)
+// dynamic shared memory = 16*MT * Hp * 2 (the operand, Hp = H rounded up to 64) + dv_red_bytes(MT)
 // (the slices' partial sums); needs the 16-byte path (H % 8 == 0, 16-byte aligned x, w_norm, W)
 // and that much shared memory; the Rust side uses the tile kernels otherwise (`decode_plan`).
 // Rows of the operand past T are left unwritten: an MMA output row depends on its own A row
@@ -583,12 +584,12 @@ __device__ __forceinline__ void dv_load_x(uint4 (&xr)[MT][DV_UPL], uint4 (&wn)[D
     }
 }
 
-// The GEMM operand of the warp's tokens into shared memory (swizzled, zeros from H to Hp), inv_rms
-// into s_r, and the debug copies (block x == 0). Expects segment 0 already loaded into xr / wn.
+// The GEMM operand of the warp's tokens into shared memory (swizzled, zeros from H to Hp), and the
+// debug copies of inv_rms and B (block x == 0). Expects segment 0 already loaded into xr / wn.
 // Sum of squares: block_inv_rms's order exactly (lane-strided k, fmaf per element, xor butterfly),
 // so exact's decode and tile kernels see the same inv_rms and operand bits.
 template <int NORM, int MT>
-__device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int upr, bf16* smem, float* s_r,
+__device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int upr, bf16* smem,
                                             uint4 (&xr)[MT][DV_UPL], uint4 (&wn)[DV_UPL]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (warp >= live) return;  // no token for this warp (rows warp + 16 i, i >= 1, are past T too)
@@ -621,10 +622,7 @@ __device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int
         for (int o = 16; o > 0; o >>= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
         r[i] = inv_rms_from_sum(acc[i], a.H, a.eps);
         const int rr = warp + 16 * i;
-        if (lane == 0 && rr < live) {
-            s_r[rr] = r[i];
-            if (report && a.inv_rms_out != nullptr) a.inv_rms_out[t0 + rr] = r[i];
-        }
+        if (lane == 0 && rr < live && report && a.inv_rms_out != nullptr) a.inv_rms_out[t0 + rr] = r[i];
     }
     const bool b_vec = (reinterpret_cast<unsigned long long>(a.b_out) & 15) == 0;
     for (int seg = 0; seg < nseg; ++seg) {
@@ -658,6 +656,16 @@ __device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int
     }
 }
 
+// Ablations (timing only, NAME__dec16_abl*: wrong outputs; `$FUSEGATE_DEC_VARIANT` selects one):
+// what each stage of dv_kernel costs on top of the others (NOTES.md v8).
+enum DvAblation {
+    DV_FULL = 0,
+    DV_NO_PROLOGUE = 1,  // no x / norm-weight loads, no normalisation, no first barrier
+    DV_NO_MMA = 2,       // W and the operand consumed by integer XORs instead of MMAs
+    DV_NO_REDUCE = 3,    // no cross-slice reduction: every warp stores its own partial sums
+    DV_ONLY_W = 4        // 1 and 2 together: W loads, XORs, reduction and stores
+};
+
 // CHAINS = 2 (mixed and its mutants): inside a slice, even and odd chunks accumulate in two MMA
 // chains, added at the end (a k-order of their own: mixed may be batch-variant). CHAINS = 1
 // (exact): one chain per slice, the order shared with the tile kernels.
@@ -666,11 +674,12 @@ __device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int
 // them), lets the next grid launch, and only then waits for the previous grid (griddepcontrol)
 // before it reads x or writes anything; so W streams while the previous kernel finishes. Without
 // the launch attribute both griddepcontrol instructions do nothing.
-template <int NORM, int FAULT, int MT, int CHAINS, bool PDL>
+template <int NORM, int FAULT, int MT, int CHAINS, bool PDL, int ABL = DV_FULL>
 __device__ __forceinline__ void dv_kernel(const Args a) {
     constexpr int TT = 16 * MT;
+    constexpr bool PRO = ABL != DV_NO_PROLOGUE && ABL != DV_ONLY_W;
+    constexpr bool MMA = ABL != DV_NO_MMA && ABL != DV_ONLY_W;
     extern __shared__ uint4 fg_smem[];
-    __shared__ float s_r[TT];
     const int Hp = (a.H + 63) & ~63, upr = Hp / 8;
     check_launch(DV_THREADS, TT * Hp * 2 + dv_red_bytes(MT));
     bf16* opnd = reinterpret_cast<bf16*>(fg_smem);
@@ -690,15 +699,19 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
     if constexpr (PDL) {
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
+#if __CUDA_ARCH__ >= 900
         asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
         asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
         dv_load_x<MT>(xr, wn, a, t0, live, 0);
     } else {
-        dv_load_x<MT>(xr, wn, a, t0, live, 0);
+        if constexpr (PRO) dv_load_x<MT>(xr, wn, a, t0, live, 0);
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
-    dv_prologue<NORM, MT>(a, t0, live, upr, opnd, s_r, xr, wn);
-    __syncthreads();
+    if constexpr (PRO) {
+        dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
+        __syncthreads();
+    }
 
     // Row bases of this lane's A fragments; unit (ch*4 + c) of row r sits at
     // ((ch ^ (r & 1)) * 4 + c) * 8 (dec_off), and rows g, g+8, g+16, ... share g's parity.
@@ -730,8 +743,15 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
                 float(&d)[4] = acc[CHAINS == 2 ? (i & 1) : 0][m];
                 const uint4 x0 = lds16(lo[m] + off);
                 const uint4 x1 = (m > 0 || upper) ? lds16(hi[m] + off) : make_uint4(0, 0, 0, 0);
-                mma16816(d, x0.x, x1.x, x0.y, x1.y, wb[i].x, wb[i].y);
-                mma16816(d, x0.z, x1.z, x0.w, x1.w, wb[i].z, wb[i].w);
+                if constexpr (MMA) {
+                    mma16816(d, x0.x, x1.x, x0.y, x1.y, wb[i].x, wb[i].y);
+                    mma16816(d, x0.z, x1.z, x0.w, x1.w, wb[i].z, wb[i].w);
+                } else {
+                    d[0] = __uint_as_float(__float_as_uint(d[0]) ^ x0.x ^ wb[i].x ^ wb[i].y);
+                    d[1] = __uint_as_float(__float_as_uint(d[1]) ^ x0.y ^ wb[i].z ^ wb[i].w);
+                    d[2] = __uint_as_float(__float_as_uint(d[2]) ^ x1.x);
+                    d[3] = __uint_as_float(__float_as_uint(d[3]) ^ x1.y);
+                }
             }
         }
     }
@@ -742,6 +762,15 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
             for (int e = 0; e < 4; ++e) acc[0][m][e] = __fadd_rn(acc[0][m][e], acc[1][m][e]);
     }
 
+    const int col = blockIdx.x * DV_ROWS + grp * 8 + 2 * c;
+    if constexpr (ABL == DV_NO_REDUCE) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            const int t = t0 + m * 16 + g;
+            if (col < N && t < a.T) store_pair<FAULT>(a, t, col, acc[0][m][0], acc[0][m][1]);
+        }
+        return;
+    }
     // Slices 1..3 hand their partial sums to slice 0's warp, which adds them in slice order.
     if (slice > 0) {
 #pragma unroll
@@ -751,7 +780,6 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     }
     __syncthreads();
     if (slice > 0) return;
-    const int col = blockIdx.x * DV_ROWS + grp * 8 + 2 * c;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
         float v[4];
@@ -868,18 +896,24 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     FG_KERNEL(NAME##__t32, NAME##_body, fg::MmaT32)                                                \
     FG_KERNEL(NAME##__t64, NAME##_body, fg::MmaT64)                                                \
     FG_KERNEL(NAME##__t128, NAME##_body, fg::MmaT128)                                              \
-    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec16(FG_PARAMS) {       \
-        fg::dv_kernel<NORM, FAULT, 1, CHAINS, false>(FG_ARGS);                                     \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec32(FG_PARAMS) {       \
-        fg::dv_kernel<NORM, FAULT, 2, CHAINS, false>(FG_ARGS);                                     \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec16_pdl(FG_PARAMS) {   \
-        fg::dv_kernel<NORM, FAULT, 1, CHAINS, true>(FG_ARGS);                                      \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME##__dec32_pdl(FG_PARAMS) {   \
-        fg::dv_kernel<NORM, FAULT, 2, CHAINS, true>(FG_ARGS);                                      \
+    FG_DV_KERNEL(NAME##__dec16, NORM, FAULT, 1, CHAINS, false, fg::DV_FULL)                        \
+    FG_DV_KERNEL(NAME##__dec32, NORM, FAULT, 2, CHAINS, false, fg::DV_FULL)                        \
+    FG_DV_KERNEL(NAME##__dec16_pdl, NORM, FAULT, 1, CHAINS, true, fg::DV_FULL)                     \
+    FG_DV_KERNEL(NAME##__dec32_pdl, NORM, FAULT, 2, CHAINS, true, fg::DV_FULL)
+
+#define FG_DV_KERNEL(NAME, NORM, FAULT, MT, CHAINS, PDL, ABL)                                      \
+    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME(FG_PARAMS) {              \
+        fg::dv_kernel<NORM, FAULT, MT, CHAINS, PDL, ABL>(FG_ARGS);                                 \
     }
+
+// The timing-only ablations of one variant's __dec16 (DvAblation). KEY names the module they are
+// compiled into, alone (cuda.rs WRAPPER_MACROS, ABLATION_MODULE): only when $FUSEGATE_DEC_VARIANT
+// asks for one, so they cost the variants' own modules no compile time.
+#define FG_DV_ABLATIONS(KEY, NAME, NORM, FAULT, CHAINS)                                            \
+    FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, false, fg::DV_NO_PROLOGUE)            \
+    FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, false, fg::DV_NO_MMA)                 \
+    FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, false, fg::DV_NO_REDUCE)              \
+    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, false, fg::DV_ONLY_W)
 
 #define FG_F32_VARIANT(NAME, FAULT)                                                                \
     template <class C>                                                                             \
@@ -896,9 +930,10 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     }
 
 FG_F32_VARIANT(fusegate_f32, fg::FAULT_NONE)
-// (name, norm rounding, fault, decode MMA chains: 1 = exact's single k-order, 2 = mixed's faster one)
+// (name, norm rounding, fault, decode MMA chains per k-slice: 1 = exact's order, 2 = mixed's own)
 FG_MMA_VARIANT(fusegate_mixed, fg::NORM_HF, fg::FAULT_NONE, 2)
 FG_MMA_VARIANT(fusegate_exact, fg::NORM_HF, fg::FAULT_NONE, 1)
 FG_MMA_VARIANT(mutant_round_once, fg::NORM_ONCE, fg::FAULT_NONE, 2)
 FG_MMA_VARIANT(mutant_skip_weight, fg::NORM_SKIPW, fg::FAULT_NONE, 2)
 FG_MMA_VARIANT(mutant_unwritten, fg::NORM_HF, fg::FAULT_UNWRITTEN, 2)
+FG_DV_ABLATIONS(fusegate_exact_ablations, fusegate_exact, fg::NORM_HF, fg::FAULT_NONE, 1)

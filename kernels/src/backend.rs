@@ -27,6 +27,10 @@ pub trait Backend: Send + Sync {
     fn device(&self) -> Option<String> {
         None
     }
+    /// Facts about this run worth recording beside the results (e.g. run-time compile times).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Shape checks every backend makes before touching memory.

@@ -97,8 +97,12 @@ impl Source {
     }
 }
 
+/// The module (a `text_for` key) holding exact's timing-only ablation kernels (`__dec16_abl1..4`,
+/// wrong outputs), compiled only when `$FUSEGATE_DEC_VARIANT` names one.
+pub const ABLATION_MODULE: &str = "fusegate_exact_ablations";
+
 /// The macros whose invocations (one line each, at the start of a line) define a variant's kernels.
-const WRAPPER_MACROS: [&str; 2] = ["FG_MMA_VARIANT(", "FG_F32_VARIANT("];
+const WRAPPER_MACROS: [&str; 3] = ["FG_MMA_VARIANT(", "FG_F32_VARIANT(", "FG_DV_ABLATIONS("];
 
 /// CUDA include directories for NVRTC (NVRTC 13 has no built-in cuda_bf16.h): `$CUDA_HOME`,
 /// `$CUDA_PATH` or /usr/local/cuda, each with `include` and, where it exists, `include/cccl`.
@@ -357,8 +361,18 @@ impl<T: DeviceRepr> DevBuf<T> {
 /// How one prepared entry is launched.
 enum Plan {
     /// `pdl`: launched with programmatic stream serialization (`$FUSEGATE_PDL`, decode kernels).
-    Fused { func: CudaFunction, name: String, grid: (u32, u32, u32), block: u32, smem: u32, pdl: bool },
-    Standard { norm: CudaFunction, split: CudaFunction },
+    Fused {
+        func: CudaFunction,
+        name: String,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        pdl: bool,
+    },
+    Standard {
+        norm: CudaFunction,
+        split: CudaFunction,
+    },
 }
 
 /// An entry's device buffers and launch plan: [`Cuda::launch`] re-runs it without re-uploading.
@@ -446,6 +460,10 @@ pub struct Cuda {
     /// Launch the tensor-core decode kernels with programmatic dependent launch (`$FUSEGATE_PDL=1`):
     /// their W loads overlap the end of the previous kernel in the stream.
     pdl: bool,
+    /// Appended to the tensor-core decode kernel's name (`$FUSEGATE_DEC_VARIANT`, e.g. `_abl1`):
+    /// a measurement hook for exact's timing-only ablation kernels ([`ABLATION_MODULE`]; wrong
+    /// outputs; NOTES.md v8).
+    dec_variant: String,
     modules: Mutex<HashMap<ModuleKey, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, (CudaFunction, KernelInfo)>>,
     compile_ms: Mutex<Vec<(String, f64)>>,
@@ -541,6 +559,7 @@ impl Cuda {
             cublas_workspace,
             dec_max_t: std::env::var("FUSEGATE_DEC_MAX_T").ok().and_then(|v| v.parse().ok()).unwrap_or(DEC_MAX_T),
             pdl: std::env::var("FUSEGATE_PDL").is_ok_and(|v| v == "1"),
+            dec_variant: std::env::var("FUSEGATE_DEC_VARIANT").unwrap_or_default(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             compile_ms: Mutex::new(Vec::new()),
@@ -702,8 +721,10 @@ impl Cuda {
                 let fp32 = entry.numerics.norm == NormRounding::Fp32;
                 if let Some(dec) = decode_plan_upto(fp32, &s, self.max_smem, self.dec_max_t) {
                     let pdl = self.pdl && !fp32;
-                    let name = format!("{kernel}{}{}", dec.suffix, if pdl { "_pdl" } else { "" });
-                    let func = self.function(Source::Fused, Some(kernel), &name, (self.max_smem - 1024) as u32)?;
+                    let variant = if fp32 { "" } else { self.dec_variant.as_str() };
+                    let name = format!("{kernel}{}{}{variant}", dec.suffix, if pdl { "_pdl" } else { "" });
+                    let module = if variant.is_empty() { kernel } else { ABLATION_MODULE };
+                    let func = self.function(Source::Fused, Some(module), &name, (self.max_smem - 1024) as u32)?;
                     Plan::Fused { func, name, grid: dec.grid, block: dec.threads, smem: dec.smem, pdl }
                 } else {
                     let tile = pick_tile(fp32, s.t);
@@ -966,6 +987,10 @@ impl Backend for Cuda {
     fn device(&self) -> Option<String> {
         Some(self.device_name().to_string())
     }
+
+    fn notes(&self) -> Vec<String> {
+        self.compile_times().iter().map(|(what, ms)| format!("NVRTC compiled {what} in {ms:.0} ms")).collect()
+    }
 }
 
 /// Whether a reason string from [`Cuda::probe`] is a one-liner (for callers that print it).
@@ -1017,6 +1042,11 @@ mod tests {
         assert!(!one.contains("FG_MMA_VARIANT(fusegate_mixed,"));
         assert!(!one.contains("FG_F32_VARIANT(fusegate_f32,"));
         assert!(one.contains("#define FG_MMA_VARIANT(NAME, NORM, FAULT, CHAINS)"));
+        // The timing-only ablations live in a module of their own.
+        assert!(!one.contains("FG_DV_ABLATIONS(fusegate_exact_ablations,"));
+        let abl = Source::Fused.text_for(Some(ABLATION_MODULE));
+        assert!(abl.contains("FG_DV_ABLATIONS(fusegate_exact_ablations, fusegate_exact,"));
+        assert!(!abl.contains("FG_MMA_VARIANT(fusegate_exact,"));
     }
 
     #[test]
@@ -1075,13 +1105,18 @@ mod tests {
         assert!(decode_plan(false, &Shape { t: 20, h: 8192, nq: 4, nkv: 2, d: 64 }, optin).is_none());
         // H = 1000 rounds up to 1024 in shared memory.
         let p = decode_plan(false, &Shape { t: 3, h: 1000, nq: 4, nkv: 2, d: 32 }, optin).unwrap();
-        assert_eq!(p.smem as usize, 32768 + dv_red_bytes(1));
+        assert_eq!(p.smem as usize, 16 * 1024 * 2 + dv_red_bytes(1));
     }
 
     #[test]
     fn every_decode_kernel_has_a_wrapper() {
         assert!(FUSED_CU.contains("NAME##__dec16(FG_PARAMS)"));
-        assert!(FUSED_CU.contains("NAME##__dec32(FG_PARAMS)"));
+        for (suffix, mt, pdl) in
+            [("dec16", 1, false), ("dec32", 2, false), ("dec16_pdl", 1, true), ("dec32_pdl", 2, true)]
+        {
+            let line = format!("FG_DV_KERNEL(NAME##__{suffix}, NORM, FAULT, {mt}, CHAINS, {pdl}, fg::DV_FULL)");
+            assert!(FUSED_CU.contains(&line), "{line}");
+        }
         assert!(FUSED_CU.contains("constexpr int DEC_WARPS = 8, DEC_THREADS = DEC_WARPS * 32;"));
         assert!(FUSED_CU.contains("constexpr int DEC_CWARPS = 4, DEC_ROWS = DEC_CWARPS * 8;"));
         // The tensor-core decode kernels' constants, mirrored by DV_THREADS, DEC_ROWS, dv_red_bytes.

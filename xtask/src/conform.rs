@@ -49,6 +49,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("{} trials on {}", plan.trials.len(), plan.backend_label);
     let run = conform::run(&plan, |_| {});
     print!("{}", run.table());
+    for n in &run.backend_notes {
+        println!("{n}");
+    }
     for e in &run.errors {
         eprintln!("error: {e}");
     }

@@ -31,3 +31,36 @@ fn conform_help() {
         insta::assert_snapshot!("xtask_conform_help", help(&["conform", "--help"]));
     });
 }
+
+/// A malformed argument is one line naming it, exit 2: not clap's multi-line usage block.
+#[test]
+fn bad_arguments_are_one_line_errors() {
+    for args in [
+        &["conform", "--backend", "bogus"][..],
+        &["bench", "--tokens", "1,x"],
+        &["select", "--mix", "0.5,0.5"],
+        &["frobnicate"],
+    ] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("NO_COLOR", "1").output().expect("run xtask");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "xtask {args:?} should say one line: {stderr}");
+        assert!(stderr.starts_with("error:"), "{stderr}");
+    }
+}
+
+/// Without a GPU (this machine and CI), the GPU commands say so in one line and exit 2.
+#[test]
+fn gpu_commands_without_a_gpu_exit_2_with_one_line() {
+    if fusegate_kernels::cuda::Cuda::probe().is_ok() {
+        return; // a GPU is present: the commands would run for real
+    }
+    for args in [&["bench", "--tokens", "1", "--no-torch"][..], &["conform", "--backend", "cuda"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("run xtask");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("CUDA") || stderr.contains("GPU"), "{stderr}");
+    }
+}

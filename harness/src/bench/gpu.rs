@@ -117,13 +117,48 @@ pub struct Sampler<'a> {
 }
 
 impl Sampler<'_> {
+    /// The entry's own device memory at this shape: this process's NVML figure while one set of
+    /// buffers is prepared and launched, over the figure before (cuBLAS's workspace, allocated at
+    /// probe, is reported apart). Measured apart from timing, whose graphs and checks hold extra
+    /// copies; for cold runs, which rotate copies, it is not repeated.
+    fn footprint(&self, entry: &'static Entry, shape: Shape, weights: &Weights, cache: Cache) -> Result<Memory> {
+        let cublas_workspace_bytes = if entry.cuda == fusegate_kernels::registry::CudaImpl::NormThenCublas {
+            self.cuda.cublas_workspace_bytes() as u64
+        } else {
+            0
+        };
+        let none = |note: &str| Memory { peak_delta_bytes: None, cublas_workspace_bytes, note: Some(note.into()) };
+        let Some(gpu) = self.gpu.clone() else { return Ok(none("NVML unavailable")) };
+        if cache == Cache::Cold {
+            return Ok(none("measured on the hot run (cold runs hold rotation copies)"));
+        }
+        self.cuda.synchronize()?;
+        let Some(baseline) = gpu.process_memory() else {
+            return Ok(none("NVML does not list this process's memory on this driver"));
+        };
+        let sampler = PeakSampler::start(gpu, Duration::from_millis(1));
+        {
+            let x = synth::activations(&shape, self.seed);
+            let p = self.cuda.prepare(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false)?;
+            for _ in 0..3 {
+                self.cuda.launch(&p)?;
+            }
+            self.cuda.synchronize()?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let peak = sampler.finish();
+        Ok(Memory {
+            peak_delta_bytes: peak.map(|p| p.saturating_sub(baseline)),
+            cublas_workspace_bytes,
+            note: Some("NVML process figure: the allocator reserves in 32 MiB steps".into()),
+        })
+    }
+
     /// Times one (entry, T, cache) and measures its memory.
     pub fn measure(&self, entry: &'static Entry, shape: Shape, weights: &Weights, cache: Cache) -> Result<Measurement> {
         let cuda = self.cuda;
         let stream = cuda.stream();
-        cuda.synchronize()?;
-        let baseline = self.gpu.as_ref().and_then(|g| g.process_memory());
-        let sampler = self.gpu.clone().map(|g| PeakSampler::start(g, Duration::from_millis(2)));
+        let memory = self.footprint(entry, shape, weights, cache)?;
 
         let per_copy = roofline::min_bytes(&shape) as u64;
         let copies = match cache {
@@ -188,7 +223,6 @@ impl Sampler<'_> {
             }
         }
         cuda.synchronize()?;
-        let peak = sampler.and_then(PeakSampler::finish);
         let est = Estimate::from_samples(&samples)
             .ok_or_else(|| BackendError::Device(format!("{} T={}: fewer than 5 samples", entry.name, shape.t)))?;
         let below = samples.iter().filter(|&&s| s < floor_us).count();
@@ -196,25 +230,6 @@ impl Sampler<'_> {
             format!("measurement error: {below} samples faster than the {floor_us:.2} us floor")
         } else {
             "ok".to_string()
-        };
-        // Memory is the hot run's: a cold run holds `copies` copies of the inputs for rotation.
-        let memory = Memory {
-            peak_delta_bytes: if cache == Cache::Hot {
-                peak.zip(baseline).map(|(p, b)| p.saturating_sub(b))
-            } else {
-                None
-            },
-            cublas_workspace_bytes: if entry.cuda == fusegate_kernels::registry::CudaImpl::NormThenCublas {
-                cuda.cublas_workspace_bytes() as u64
-            } else {
-                0
-            },
-            note: match (&self.gpu, baseline, cache) {
-                (_, _, Cache::Cold) => Some(format!("cold runs hold {copies} input copies for L2 rotation: see hot")),
-                (None, _, _) => Some("NVML unavailable".into()),
-                (Some(_), None, _) => Some("NVML does not list this process's memory on this driver".into()),
-                _ => None,
-            },
         };
         Ok(Measurement {
             variant: entry.name.to_string(),
