@@ -47,7 +47,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("{n}");
     }
     println!("{} trials on {}", plan.trials.len(), plan.backend_label);
-    let run = conform::run(&plan, |_| {});
+    // GPU runs show each trial as it finishes (a hung kernel then shows where it hung).
+    let total = plan.trials.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let gpu = plan.backend_label != "cpu";
+    let run = conform::run(&plan, |r| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if gpu {
+            println!("[{n:>3}/{total}] {} {:?} ({:.2} s)", r.name, r.outcome, r.seconds);
+        }
+    });
     print!("{}", run.table());
     for n in &run.backend_notes {
         println!("{n}");

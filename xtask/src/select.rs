@@ -48,8 +48,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if gates.is_empty() {
         bail!("{}: no CUDA conformance trials", conf_path.display());
     }
-    let decision =
-        select::decide(&bench, gates, a.mix, (bench_path.display().to_string(), conf_path.display().to_string()));
+    // Sources as the repository names them (results/<gpu>/...), not as this machine's paths.
+    let name = |f: &str| format!("results/{gpu}/{f}");
+    let decision = select::decide(&bench, gates, a.mix, (name("latest.json"), name("conformance-cuda.json")));
     let json = serde_json::to_vec_pretty(&decision).context("serialising the decision")?;
     write_atomically(&dir.join("decision.json"), &json).context("writing decision.json")?;
     let md = decision.markdown();

@@ -170,6 +170,14 @@ pub fn decide(bench: &BenchRun, gates: BTreeMap<String, Gates>, mix: Mix, source
             });
         }
         let wt = winner.and_then(total);
+        let ties_winner = |v: &str| {
+            winner.is_some_and(|w| {
+                tokens.iter().all(|&t| match (time(v, t), time(w, t)) {
+                    (Some(a), Some(b)) => a.time_us.overlaps(&b.time_us),
+                    _ => false,
+                })
+            })
+        };
         let candidates = variants
             .iter()
             .filter_map(|v| {
@@ -181,7 +189,10 @@ pub fn decide(bench: &BenchRun, gates: BTreeMap<String, Gates>, mix: Mix, source
                         Some(format!("gate closed: {}", g.reason.clone().unwrap_or_else(|| "not deterministic".into())))
                     }
                     (false, None) => Some("no conformance result on this GPU".into()),
-                    (false, Some(_)) if ratio <= 1.0 => Some("tied within noise with a more exact variant".into()),
+                    (false, Some(_)) if ties_winner(v) => Some(format!(
+                        "tied within noise (95% CIs overlap at every T); {} is more exact",
+                        winner.unwrap_or("?")
+                    )),
                     (false, Some(_)) => Some(format!("{ratio:.2}x slower than {}", winner.unwrap_or("?"))),
                 };
                 Some(Candidate {
