@@ -3,7 +3,7 @@
 
 use crate::backends::{self, Choice};
 use crate::results::{ConformanceRun, Environment};
-use crate::trials::{self, BackendSlot, Suite, Trial, TrialReport};
+use crate::trials::{self, BackendSlot, Check, Suite, Trial, TrialReport};
 use fusegate_golden::{GoldenError, Manifest};
 use fusegate_kernels::registry::{self, Entry, Role};
 use rayon::prelude::*;
@@ -132,6 +132,23 @@ pub fn plan(opts: &Options) -> Result<Plan, ConformError> {
 /// Runs every trial of the plan (in parallel) and assembles the results file's content.
 pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun {
     let start = Instant::now();
+    // Load every case (and its truths) before any trial runs. Loading computes truths with rayon;
+    // a rayon worker waiting inside one case's one-time initialisation may steal another trial of
+    // the same case and re-enter that initialisation, which deadlocks. One job per case cannot.
+    let mut cases: Vec<&str> = plan
+        .trials
+        .iter()
+        .filter(|t| t.skip_reason().is_none())
+        .filter_map(|t| match &t.check {
+            Check::Golden { case } => Some(case.as_str()),
+            Check::Invariance => None,
+        })
+        .collect();
+    cases.sort_unstable();
+    cases.dedup();
+    cases.par_iter().for_each(|c| {
+        let _ = plan.suite.prepared(c); // errors stay cached; the case's trials report them
+    });
     let reports: Vec<TrialReport> = plan
         .trials
         .par_iter()

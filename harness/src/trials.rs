@@ -162,6 +162,10 @@ impl Suite {
     }
 
     /// Loads a case and its truths once; every later call shares the result (or the error).
+    ///
+    /// The first call for a case must not come from a rayon job that another job for the same case
+    /// can be stolen into (re-entrant initialisation deadlocks): parallel runners load every case
+    /// first, one job per case (`conform::run`).
     pub fn prepared(&self, name: &str) -> Result<Arc<Prepared>, String> {
         let cell = self.cases.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
         cell.get_or_init(|| {
