@@ -30,6 +30,8 @@ mod summary;
 mod tensors;
 mod weights;
 
+pub mod edit;
+
 pub use cache::WeightsCache;
 pub use case::{CASE_FORMAT, Case};
 pub use error::GoldenError;

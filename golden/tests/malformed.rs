@@ -66,7 +66,7 @@ fn truncated_weights_file_names_the_weights_file() {
 fn x_stored_as_f32_is_a_dtype_error() {
     let f = Fixture::new();
     f.rewrite_case(|c| {
-        let x = c.tensor("x").bf16_as_f32();
+        let x = c.tensor("x").unwrap().bf16_as_f32().unwrap();
         c.tensors.insert("x".into(), x);
     });
     let err = f.load_err();
@@ -79,7 +79,7 @@ fn x_stored_as_f32_is_a_dtype_error() {
 fn q_with_wrong_shape_is_a_shape_error() {
     let f = Fixture::new();
     // Same bytes, heads and head dim swapped: [3, 4, 16] -> [3, 16, 4].
-    f.rewrite_case(|c| c.tensor("q").shape = vec![3, 16, 4]);
+    f.rewrite_case(|c| c.tensor("q").unwrap().shape = vec![3, 16, 4]);
     let err = f.load_err();
     assert!(matches!(err, GoldenError::Shape { .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), Some("q"));
@@ -141,7 +141,7 @@ fn appended_bytes_are_a_size_mismatch() {
 fn nan_in_q_of_a_finite_row_is_corruption() {
     let f = Fixture::new();
     // q is [3, 4, 16]: flat 1*64 + 2*16 + 5 is row 1, head 2, lane 5.
-    f.rewrite_case(|c| c.tensor("q").set_bf16(64 + 32 + 5, f32::NAN));
+    f.rewrite_case(|c| assert!(c.tensor("q").unwrap().set_bf16(64 + 32 + 5, f32::NAN)));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::NonFinite { tensor: "q", row: 1, .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), Some("q"));
@@ -151,7 +151,7 @@ fn nan_in_q_of_a_finite_row_is_corruption() {
 #[test]
 fn inf_in_inv_rms_of_a_finite_row_is_corruption() {
     let f = Fixture::new();
-    f.rewrite_case(|c| c.tensor("inv_rms").set_f32(2, f32::INFINITY));
+    f.rewrite_case(|c| assert!(c.tensor("inv_rms").unwrap().set_f32(2, f32::INFINITY)));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::NonFinite { tensor: "inv_rms", row: 2, .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), Some("inv_rms"));
@@ -162,14 +162,14 @@ fn nan_is_allowed_only_in_rows_whose_x_is_nonfinite() {
     let f = Fixture::new();
     // x row 1 gets a NaN: NaN in q row 1 is then legitimate (HF propagates it) ...
     f.rewrite_case(|c| {
-        c.tensor("x").set_bf16(64 + 7, f32::NAN);
-        c.tensor("q").set_bf16(64, f32::NAN);
-        c.tensor("k_normed").set_bf16(32 + 3, f32::NEG_INFINITY);
+        c.tensor("x").unwrap().set_bf16(64 + 7, f32::NAN);
+        c.tensor("q").unwrap().set_bf16(64, f32::NAN);
+        c.tensor("k_normed").unwrap().set_bf16(32 + 3, f32::NEG_INFINITY);
     });
     let case = f.load().unwrap();
     assert!(case.x[64 + 7].is_nan());
     // ... but not in row 2, whose x is still finite.
-    f.rewrite_case(|c| c.tensor("q").set_bf16(2 * 64, f32::NAN));
+    f.rewrite_case(|c| assert!(c.tensor("q").unwrap().set_bf16(2 * 64, f32::NAN)));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::NonFinite { tensor: "q", row: 2, .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), Some("q"));
@@ -178,7 +178,7 @@ fn nan_is_allowed_only_in_rows_whose_x_is_nonfinite() {
 #[test]
 fn nan_in_weights_is_refused() {
     let f = Fixture::new();
-    f.rewrite_weights(|w| w.tensor("norm_weight").set_bf16(17, f32::NAN));
+    f.rewrite_weights(|w| assert!(w.tensor("norm_weight").unwrap().set_bf16(17, f32::NAN)));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::WeightsNonFinite { tensor: "norm_weight", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.weights_path(), Some("norm_weight"));
@@ -211,7 +211,7 @@ fn wrong_format_version_is_refused() {
 #[test]
 fn case_metadata_naming_other_weights_is_refused() {
     let f = Fixture::new();
-    f.rewrite_case(|c| c.edit_meta_json("case", |m| m["weights"] = "qwen3-typical".into()));
+    f.rewrite_case(|c| assert!(c.edit_meta_json("case", |m| m["weights"] = "qwen3-typical".into())));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::MetadataMismatch { field: "weights", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
@@ -221,7 +221,7 @@ fn case_metadata_naming_other_weights_is_refused() {
 #[test]
 fn case_metadata_with_another_shape_is_refused() {
     let f = Fixture::new();
-    f.rewrite_case(|c| c.edit_meta_json("case", |m| m["nkv"] = 4.into()));
+    f.rewrite_case(|c| assert!(c.edit_meta_json("case", |m| m["nkv"] = 4.into())));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::MetadataMismatch { field: "shape", .. }), "{err:?}");
     let line = assert_one_line(&err, &f.case_path(), None);
@@ -242,10 +242,10 @@ fn weights_spec_with_other_dims_than_the_case_is_refused() {
     let f = Fixture::new();
     // (nq + 2 nkv) d is 128 either way, so every tensor keeps its shape: only the spec disagrees.
     f.rewrite_weights(|w| {
-        w.edit_meta_json("spec", |s| {
+        assert!(w.edit_meta_json("spec", |s| {
             s["nq"] = 2.into();
             s["nkv"] = 3.into();
-        })
+        }))
     });
     let err = f.load_err();
     assert!(matches!(err, GoldenError::MetadataMismatch { field: "weights dims", .. }), "{err:?}");
@@ -256,7 +256,7 @@ fn weights_spec_with_other_dims_than_the_case_is_refused() {
 #[test]
 fn weights_spec_naming_other_weights_is_refused() {
     let f = Fixture::new();
-    f.rewrite_weights(|w| w.edit_meta_json("spec", |s| s["name"] = "qwen3-typical".into()));
+    f.rewrite_weights(|w| assert!(w.edit_meta_json("spec", |s| s["name"] = "qwen3-typical".into())));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::MetadataMismatch { field: "weights name", .. }), "{err:?}");
     assert_one_line(&err, &f.weights_path(), None);
@@ -265,7 +265,7 @@ fn weights_spec_naming_other_weights_is_refused() {
 #[test]
 fn case_metadata_with_another_eps_is_refused() {
     let f = Fixture::new();
-    f.rewrite_case(|c| c.edit_meta_json("case", |m| m["eps"] = 1e-5.into()));
+    f.rewrite_case(|c| assert!(c.edit_meta_json("case", |m| m["eps"] = 1e-5.into())));
     let err = f.load_err();
     assert!(matches!(err, GoldenError::MetadataMismatch { field: "eps", .. }), "{err:?}");
     assert_one_line(&err, &f.case_path(), None);

@@ -10,85 +10,17 @@
 //! the loader's level). `--variant mixed` keeps runs short: mixed and its five golden mutants on
 //! three cases, and one invariance trial.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fusegate_golden::{GoldenError, Manifest, WeightsCache, sha256_hex};
-use half::bf16;
-use safetensors::{Dtype, SafeTensors, View};
+use fusegate_golden::edit::{Contents, pin};
+use fusegate_golden::{GoldenError, Manifest, WeightsCache};
 use serde_json::Value;
 
 const CASES: [&str; 3] = ["small-h64-t3", "small-h64-t97", "nonfinite-h256-t9"];
 const WEIGHTS: [&str; 2] = ["small-h64", "nonfinite-h256"];
 
 // ---- Fixture: an editable copy of the small goldens ----
-
-#[derive(Clone)]
-struct Tensor {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl View for &Tensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        (&self.data[..]).into()
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-impl Tensor {
-    fn set_bf16(&mut self, i: usize, v: f32) {
-        assert_eq!(self.dtype, Dtype::BF16);
-        self.data[2 * i..2 * i + 2].copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes());
-    }
-
-    /// The same values stored as F32 (a plausible export mistake).
-    fn bf16_as_f32(&self) -> Tensor {
-        let data = self
-            .data
-            .chunks_exact(2)
-            .flat_map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32().to_le_bytes())
-            .collect();
-        Tensor { dtype: Dtype::F32, shape: self.shape.clone(), data }
-    }
-}
-
-/// A safetensors file's whole contents, editable.
-struct Contents {
-    tensors: BTreeMap<String, Tensor>,
-    metadata: HashMap<String, String>,
-}
-
-impl Contents {
-    fn parse(bytes: &[u8]) -> Contents {
-        let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
-        let st = SafeTensors::deserialize(bytes).unwrap();
-        let tensors = st
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| (n, Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
-            .collect();
-        Contents { tensors, metadata: header.metadata().clone().unwrap_or_default() }
-    }
-
-    fn serialize(&self) -> Vec<u8> {
-        safetensors::serialize(self.tensors.iter(), Some(self.metadata.clone())).unwrap()
-    }
-
-    fn tensor(&mut self, name: &str) -> &mut Tensor {
-        self.tensors.get_mut(name).unwrap_or_else(|| panic!("no tensor {name}"))
-    }
-}
 
 struct Goldens {
     tmp: tempfile::TempDir,
@@ -145,16 +77,14 @@ impl Goldens {
     fn write_case_bytes(&self, case: &str, bytes: &[u8]) {
         std::fs::write(self.case_path(case), bytes).unwrap();
         self.edit_manifest(|m| {
-            let e = m["cases"].as_array_mut().unwrap().iter_mut().find(|c| c["name"] == case).unwrap();
-            e["sha256"] = sha256_hex(bytes).into();
-            e["bytes"] = bytes.len().into();
+            pin(m["cases"].as_array_mut().unwrap().iter_mut().find(|c| c["name"] == case).unwrap(), bytes)
         });
     }
 
     fn rewrite_case(&self, case: &str, edit: impl FnOnce(&mut Contents)) {
-        let mut c = Contents::parse(&std::fs::read(self.case_path(case)).unwrap());
+        let mut c = Contents::parse(&std::fs::read(self.case_path(case)).unwrap()).unwrap();
         edit(&mut c);
-        self.write_case_bytes(case, &c.serialize());
+        self.write_case_bytes(case, &c.serialize().unwrap());
     }
 }
 
@@ -291,7 +221,7 @@ fn garbled_case_file() {
 fn tensor_of_the_wrong_dtype() {
     let g = Goldens::new();
     g.rewrite_case("small-h64-t97", |c| {
-        let x = c.tensor("x").bf16_as_f32();
+        let x = c.tensor("x").unwrap().bf16_as_f32().unwrap();
         c.tensors.insert("x".into(), x);
     });
     assert_only_case_failed(&g, &g.scratch("r.json"), "small-h64-t97", &["tensor `x` has dtype F32, expected BF16"]);
@@ -301,7 +231,7 @@ fn tensor_of_the_wrong_dtype() {
 fn tensor_of_the_wrong_shape() {
     let g = Goldens::new();
     // Same bytes, heads and head dim swapped: [97, 4, 16] -> [97, 16, 4].
-    g.rewrite_case("small-h64-t97", |c| c.tensor("q").shape = vec![97, 16, 4]);
+    g.rewrite_case("small-h64-t97", |c| c.tensor("q").unwrap().shape = vec![97, 16, 4]);
     assert_only_case_failed(
         &g,
         &g.scratch("r.json"),
@@ -324,7 +254,7 @@ fn nan_in_a_golden_row_whose_input_is_finite() {
     // nonfinite-h256-t9 legitimately holds NaN in rows 2, 5 and 7; row 0 of x is finite, so a
     // NaN in row 0 of q is corruption. q is [9, 4, 32]: flat 32 + 5 is head 1, lane 5.
     let g = Goldens::new();
-    g.rewrite_case("nonfinite-h256-t9", |c| c.tensor("q").set_bf16(32 + 5, f32::NAN));
+    g.rewrite_case("nonfinite-h256-t9", |c| assert!(c.tensor("q").unwrap().set_bf16(32 + 5, f32::NAN)));
     assert_only_case_failed(
         &g,
         &g.scratch("r.json"),

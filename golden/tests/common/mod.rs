@@ -4,99 +4,15 @@
 //! Every rewrite re-pins the file in the manifest (size and sha256), and a weights rewrite also
 //! re-records the weights' sha256 in the case, so that each test sees only the failure it made.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+pub use fusegate_golden::edit::Contents;
+use fusegate_golden::edit::pin;
 use fusegate_golden::{Case, GoldenError, Manifest, WeightsCache, sha256_hex};
-use half::bf16;
-use safetensors::{Dtype, SafeTensors, View};
 use serde_json::Value;
 
 pub const CASE: &str = "small-h64-t3";
 pub const WEIGHTS: &str = "small-h64";
-
-/// An owned tensor that safetensors can serialize.
-#[derive(Clone, Debug)]
-pub struct Tensor {
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    pub data: Vec<u8>,
-}
-
-impl View for &Tensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        (&self.data[..]).into()
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-impl Tensor {
-    /// Overwrites element `i` of a bf16 tensor.
-    pub fn set_bf16(&mut self, i: usize, v: f32) {
-        assert_eq!(self.dtype, Dtype::BF16);
-        self.data[2 * i..2 * i + 2].copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes());
-    }
-
-    /// Overwrites element `i` of an f32 tensor.
-    pub fn set_f32(&mut self, i: usize, v: f32) {
-        assert_eq!(self.dtype, Dtype::F32);
-        self.data[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
-    }
-
-    /// The same values stored as F32 (a plausible export mistake).
-    pub fn bf16_as_f32(&self) -> Tensor {
-        assert_eq!(self.dtype, Dtype::BF16);
-        let data = self
-            .data
-            .chunks_exact(2)
-            .flat_map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32().to_le_bytes())
-            .collect();
-        Tensor { dtype: Dtype::F32, shape: self.shape.clone(), data }
-    }
-}
-
-/// A safetensors file's whole contents, editable.
-#[derive(Clone, Debug)]
-pub struct Contents {
-    pub tensors: BTreeMap<String, Tensor>,
-    pub metadata: HashMap<String, String>,
-}
-
-impl Contents {
-    pub fn parse(bytes: &[u8]) -> Contents {
-        let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
-        let st = SafeTensors::deserialize(bytes).unwrap();
-        let tensors = st
-            .tensors()
-            .into_iter()
-            .map(|(name, v)| (name, Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
-            .collect();
-        Contents { tensors, metadata: header.metadata().clone().unwrap_or_default() }
-    }
-
-    pub fn serialize(&self) -> Vec<u8> {
-        safetensors::serialize(self.tensors.iter(), Some(self.metadata.clone())).unwrap()
-    }
-
-    pub fn tensor(&mut self, name: &str) -> &mut Tensor {
-        self.tensors.get_mut(name).unwrap_or_else(|| panic!("fixture has no tensor {name}"))
-    }
-
-    /// Edits a JSON-valued metadata entry (capture.py's `case`, `spec`, `provenance`).
-    pub fn edit_meta_json(&mut self, key: &str, edit: impl FnOnce(&mut Value)) {
-        let mut v: Value = serde_json::from_str(&self.metadata[key]).unwrap();
-        edit(&mut v);
-        self.metadata.insert(key.into(), v.to_string());
-    }
-}
 
 /// The tempdir fixture. Dropping it deletes the files.
 pub struct Fixture {
@@ -179,28 +95,22 @@ impl Fixture {
     }
 
     pub fn case_contents(&self) -> Contents {
-        Contents::parse(&std::fs::read(self.case_path()).unwrap())
+        Contents::parse(&std::fs::read(self.case_path()).unwrap()).unwrap()
     }
 
     /// Edits the case's tensors/metadata, rewrites it and re-pins it.
     pub fn rewrite_case(&self, edit: impl FnOnce(&mut Contents)) {
         let mut c = self.case_contents();
         edit(&mut c);
-        self.write_case_bytes(&c.serialize());
+        self.write_case_bytes(&c.serialize().unwrap());
     }
 
     /// Edits the weights' tensors/metadata, rewrites them and re-pins them everywhere.
     pub fn rewrite_weights(&self, edit: impl FnOnce(&mut Contents)) {
-        let mut c = Contents::parse(&std::fs::read(self.weights_path()).unwrap());
+        let mut c = Contents::parse(&std::fs::read(self.weights_path()).unwrap()).unwrap();
         edit(&mut c);
-        self.write_weights_bytes(&c.serialize());
+        self.write_weights_bytes(&c.serialize().unwrap());
     }
-}
-
-/// Records a file's size and sha256 in its manifest entry.
-fn pin(entry: &mut Value, bytes: &[u8]) {
-    entry["sha256"] = sha256_hex(bytes).into();
-    entry["bytes"] = bytes.len().into();
 }
 
 /// Asserts the error renders as one line that names `path` and, if given, the tensor; returns
