@@ -3,6 +3,7 @@
 use crate::bench::{load_bench, write_report};
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
+use fusegate_harness::bench::schema::slug;
 use fusegate_harness::bench::select::{self, Mix};
 use fusegate_harness::results::write_atomically;
 use std::process::ExitCode;
@@ -10,7 +11,8 @@ use std::process::ExitCode;
 /// Choose the production variant per token bucket from results/<gpu>/{latest,conformance-cuda}.json.
 #[derive(clap::Args)]
 pub struct Args {
-    /// GPU directory under results/ (e.g. nvidia-h200). Default: the only one with a bench.
+    /// GPU directory under results/ (e.g. nvidia-h200). Default: this machine's GPU, else the only
+    /// one with a bench.
     #[arg(long)]
     gpu: Option<String>,
     /// Traffic shares of decode (T 1-32), small prefill (33-512) and prefill (> 512).
@@ -20,7 +22,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let results = results_dir();
-    let gpu = match a.gpu {
+    // On a GPU machine, its own results; elsewhere, the only GPU with results.
+    let here = fusegate_kernels::cuda::Cuda::probe().ok().map(|c| slug(c.device_name()));
+    let gpu = match a.gpu.or(here) {
         Some(g) => g,
         None => {
             let found: Vec<String> = std::fs::read_dir(&results)
