@@ -47,6 +47,27 @@ fn activations(shape: &Shape, seed: u64) -> Vec<bf16> {
     synth::activations(shape, seed ^ 0x5A5A_0000_0000)
 }
 
+/// Captures what `enqueue` launches on `st` into a graph, uploads it and replays it three times
+/// (warm-up). A failed enqueue still ends the capture, so the stream is left usable.
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+
+fn capture_warm(
+    st: &std::sync::Arc<cudarc::driver::CudaStream>,
+    enqueue: impl FnOnce() -> Result<(), String>,
+) -> Result<cudarc::driver::CudaGraph, String> {
+    let e = |e: &dyn std::fmt::Debug| format!("{e:?}");
+    st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|x| e(&x))?;
+    let launched = enqueue();
+    let graph = st.end_capture(CUgraphInstantiate_flags(0)).map_err(|x| e(&x));
+    launched?;
+    let graph = graph?.ok_or("graph capture recorded nothing")?;
+    graph.upload().map_err(|x| e(&x))?;
+    for _ in 0..3 {
+        graph.launch().map_err(|x| e(&x))?;
+    }
+    Ok(graph)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Comparisons.
 
@@ -665,7 +686,7 @@ fn time_all(
 }
 
 fn time_one(gpu: &Cuda, entry: &'static Entry, t: usize, l2: usize) -> Result<Timing, String> {
-    use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use cudarc::driver::sys::CUevent_flags;
     let st = gpu.stream().clone();
     let ctx = gpu.context().clone();
     let e = |e: &dyn std::fmt::Debug| format!("{e:?}");
@@ -698,15 +719,7 @@ fn time_one(gpu: &Cuda, entry: &'static Entry, t: usize, l2: usize) -> Result<Ti
         }
         let list: Vec<&cuda::Prepared> = if mode == 0 { vec![&preps[0]; copies] } else { preps.iter().collect() };
         gpu.synchronize().map_err(|x| x.to_string())?;
-        st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|x| e(&x))?;
-        let launched: Result<(), String> = list.iter().try_for_each(|p| gpu.launch(p).map_err(|x| x.to_string()));
-        let graph = st.end_capture(CUgraphInstantiate_flags(0)).map_err(|x| e(&x));
-        launched?;
-        let graph = graph?.ok_or("graph capture recorded nothing")?;
-        graph.upload().map_err(|x| e(&x))?;
-        for _ in 0..3 {
-            graph.launch().map_err(|x| e(&x))?;
-        }
+        let graph = capture_warm(&st, || list.iter().try_for_each(|p| gpu.launch(p).map_err(|x| x.to_string())))?;
         gpu.synchronize().map_err(|x| x.to_string())?;
         if mode == 1 {
             // Every copy's outputs must be a direct launch's (a launch left out of the capture,
@@ -812,7 +825,7 @@ fn calibrate() -> ExitCode {
 
 fn calibrate_on(gpu: &Cuda) -> Result<(), String> {
     use cudarc::driver::result as drv;
-    use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use cudarc::driver::sys::CUevent_flags;
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     let e = |e: &dyn std::fmt::Debug| format!("{e:?}");
     let st = gpu.stream().clone();
@@ -867,30 +880,22 @@ fn calibrate_on(gpu: &Cuda) -> Result<(), String> {
         let mut med = [0f64; 2];
         for (mode, slot) in med.iter_mut().enumerate() {
             st.synchronize().map_err(|x| e(&x))?;
-            st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|x| e(&x))?;
-            let mut launched = Ok(());
-            for i in 0..copies {
-                let mut wp = ptrs[if mode == 0 { 0 } else { i }];
-                let mut op = out_ptr;
-                let mut h = arg;
-                let mut args: [*mut std::ffi::c_void; 3] =
-                    [(&mut wp as *mut u64).cast(), (&mut op as *mut u64).cast(), (&mut h as *mut i32).cast()];
-                // SAFETY: (const uint4*, unsigned*, int) as the kernels declare; the buffers hold
-                // 8 MiB (read) and 4096 words (never written in practice).
-                let r =
-                    unsafe { drv::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, st.cu_stream(), &mut args) };
-                if let Err(x) = r {
-                    launched = Err(e(&x));
-                    break;
+            let graph = capture_warm(&st, || {
+                for i in 0..copies {
+                    let mut wp = ptrs[if mode == 0 { 0 } else { i }];
+                    let mut op = out_ptr;
+                    let mut h = arg;
+                    let mut args: [*mut std::ffi::c_void; 3] =
+                        [(&mut wp as *mut u64).cast(), (&mut op as *mut u64).cast(), (&mut h as *mut i32).cast()];
+                    // SAFETY: (const uint4*, unsigned*, int) as the kernels declare; the buffers hold
+                    // 8 MiB (read) and 4096 words (never written in practice).
+                    let r = unsafe {
+                        drv::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, st.cu_stream(), &mut args)
+                    };
+                    r.map_err(|x| e(&x))?;
                 }
-            }
-            let graph = st.end_capture(CUgraphInstantiate_flags(0)).map_err(|x| e(&x));
-            launched?;
-            let graph = graph?.ok_or("graph capture recorded nothing")?;
-            graph.upload().map_err(|x| e(&x))?;
-            for _ in 0..3 {
-                graph.launch().map_err(|x| e(&x))?;
-            }
+                Ok(())
+            })?;
             let mut us = Vec::new();
             for _ in 0..30 {
                 a.record(&st).map_err(|x| e(&x))?;

@@ -704,6 +704,9 @@ impl Cuda {
     /// stage B and inv_rms (one block per T-tile does); production timing passes `false`.
     pub fn prepare(&self, entry: &'static Entry, inp: &OpInputs, debug: bool) -> Result<Prepared, BackendError> {
         check_inputs(inp)?;
+        // Callers may be on any thread (trials run on workers): bind the context first, since some
+        // driver calls below (the occupancy query) do not bind it and fail with INVALID_CONTEXT.
+        self.ctx.bind_to_thread().map_err(|e| device_err("binding the CUDA context to this thread", e))?;
         let s = inp.shape;
         for (what, v) in [("T*H", s.t * s.h), ("N*H", s.n() * s.h), ("T*N", s.t * s.n())] {
             if v > i32::MAX as usize {
@@ -974,9 +977,6 @@ impl Backend for Cuda {
         let entry = crate::registry::find(entry.name)
             .ok_or_else(|| BackendError::BadInput(format!("{} is not a registry entry", entry.name)))?;
         let _serial = lock(&self.run_lock);
-        // Trials run on worker threads: bind the context first (some driver calls, such as the
-        // occupancy query, do not bind it themselves and fail with CUDA_ERROR_INVALID_CONTEXT).
-        self.ctx.bind_to_thread().map_err(|e| device_err("binding the CUDA context to this thread", e))?;
         let mut p = self.prepare(entry, inputs, true)?;
         self.poison(&mut p)?;
         self.synchronize()?;
@@ -1063,22 +1063,19 @@ mod tests {
     fn tiles_match_the_kernel_configs() {
         // Mirrors of the typedefs in fused_rmsnorm_qkv.cu (checked again on the device: the
         // kernels trap on a smaller block or less shared memory than they need).
-        for (tile, cfg) in MMA_TILES.iter().zip([
+        let mma = [
             "MmaCfg<16, 16, 1, 2, 128, 6> MmaT16",
             "MmaCfg<32, 16, 1, 2, 128, 5> MmaT32",
             "MmaCfg<64, 64, 2, 4, 64, 4> MmaT64",
             "MmaCfg<128, 128, 2, 4, 64, 4> MmaT128",
-        ]) {
-            assert!(FUSED_CU.contains(cfg), "{cfg}");
-            assert!(cfg.ends_with(&format!("T{}", tile.bt)), "{cfg} vs {tile:?}");
-            assert!(tile.smem <= 227 * 1024);
-        }
-        for (tile, cfg) in F32_TILES.iter().zip([
+        ];
+        let f32 = [
             "F32Cfg<8, 32, 2, 2, 64, 6> F32T8",
             "F32Cfg<32, 32, 4, 2, 64, 4> F32T32",
             "F32Cfg<64, 64, 4, 4, 32, 4> F32T64",
             "F32Cfg<128, 128, 8, 8, 32, 3> F32T128",
-        ]) {
+        ];
+        for (tile, cfg) in MMA_TILES.iter().zip(mma).chain(F32_TILES.iter().zip(f32)) {
             assert!(FUSED_CU.contains(cfg), "{cfg}");
             assert!(cfg.ends_with(&format!("T{}", tile.bt)), "{cfg} vs {tile:?}");
             assert!(tile.smem <= 227 * 1024);
