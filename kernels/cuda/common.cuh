@@ -86,6 +86,55 @@ __device__ __forceinline__ uint4 ldg16(const void* p) {
 __device__ __forceinline__ uint4 lds16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 __device__ __forceinline__ void sts16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
+// Bulk (TMA) copies into shared memory, completed on an mbarrier (sm_90; the kernels that use
+// them are only launched there, and trap elsewhere). One thread issues a copy of any multiple of
+// 16 bytes; the copy engine, not registers, holds it in flight.
+#if __CUDA_ARCH__ >= 900
+#define FG_SM90(...) __VA_ARGS__
+#else
+#define FG_SM90(...) __trap()
+#endif
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    FG_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n"
+                         "fence.mbarrier_init.release.cluster;\n" ::"r"(bar),
+                         "r"(count)
+                         : "memory"));
+}
+// One arrival that also announces `bytes` of copies still to land: the phase completes when
+// they have.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+    FG_SM90(asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar),
+                         "r"(bytes)
+                         : "memory"));
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    FG_SM90(asm volatile("{\n .reg .pred done;\n"
+                         "WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n @!done bra WAIT;\n}\n" ::"r"(
+                             bar),
+                         "r"(parity)
+                         : "memory"));
+}
+__device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
+    FG_SM90(asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                             dst),
+                         "l"(src), "r"(bytes), "r"(bar)
+                         : "memory"));
+}
+
+// Programmatic dependent launch (sm_90; both are no-ops when the grid was launched without the
+// attribute): let the next grid in the stream start, and wait until the previous one has
+// finished and its writes are visible.
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // mma.sync m16n8k16, bf16 inputs, fp32 accumulate in place. Register contents (PTX ISA):
 // a0 (row g, k 2c..2c+1), a1 (row g+8, same k), a2 (row g, k 2c+8..), a3 (row g+8, k 2c+8..);
 // b0 (k 2c..2c+1, col g), b1 (k 2c+8.., col g); d0,d1 (row g, cols 2c,2c+1), d2,d3 (row g+8),

@@ -540,6 +540,14 @@ constexpr int DV_WARPS = DV_GROUPS * KSLICES, DV_THREADS = DV_WARPS * 32;  // on
 constexpr int DV_G = 8;  // k-chunks per W register batch: a whole slice at H <= 1024
 // Bytes of shared memory for the partial sums of slices 1..3 (float4 per lane and m-tile).
 __host__ __device__ constexpr int dv_red_bytes(int mt) { return (KSLICES - 1) * DV_GROUPS * mt * 32 * 16; }
+// W in shared memory (WSMEM kernels): row r of the block's 32 at r * dv_w_stride(Hp) bytes. The
+// 64 spare bytes put rows g and g+1 in opposite halves of the 128 banks' width, so a quarter warp's
+// fragment loads (rows g, g+1 x 64 contiguous bytes) are conflict-free.
+__host__ __device__ constexpr int dv_w_stride(int hp) { return hp * 2 + 64; }
+// Dynamic shared memory of a decode kernel: operand, partial sums, and W when WSMEM.
+__host__ __device__ constexpr int dv_smem_bytes(int mt, int hp, bool wsmem) {
+    return 16 * mt * hp * 2 + dv_red_bytes(mt) + (wsmem ? DV_ROWS * dv_w_stride(hp) : 0);
+}
 
 // A 16-byte load of W, read once: not allocated in L1 (keeps x and the norm weight there).
 // volatile pins it where it is written: before the prologue's math and barrier.
@@ -560,6 +568,30 @@ __device__ __forceinline__ void dv_load_w(uint4 (&buf)[DV_G], const bf16* wrow, 
         const int k = (ch0 + i) * 32 + c * 8;
         buf[i] = row_ok && ch0 + i < chi && k < H ? ldg16_stream(wrow + k) : make_uint4(0, 0, 0, 0);
     }
+}
+
+// WSMEM: warp `slice` (0..3) fetches the block's W rows over k-slice `slice` into shared memory,
+// one bulk copy per row (lane = row), completing on bar; the tail [H, Hp) of each row is zeroed by
+// dv_zero_w_tail (0 * garbage could be NaN). Rows past N are not fetched: they only feed output
+// columns that are never stored.
+__device__ __forceinline__ void dv_fetch_w(const Args& a, unsigned char* wsm, int wstride, u32 bar, int slice,
+                                           int N) {
+    const int lane = threadIdx.x & 31, nch = (a.H + 31) / 32;
+    const int k_lo = ks_lo(slice, nch) * 32, k_hi = min(ks_lo(slice + 1, nch) * 32, a.H);
+    const int bytes = max(k_hi - k_lo, 0) * 2, n0 = blockIdx.x * DV_ROWS, rows = min(DV_ROWS, N - n0);
+    if (lane == 0) {
+        mbar_init(bar, 1);
+        mbar_arrive_expect_tx(bar, static_cast<u32>(rows * bytes));
+    }
+    __syncwarp();
+    if (lane < rows && bytes > 0)
+        bulk_g2s(smem_addr(wsm + lane * wstride + k_lo * 2), a.w_qkv + static_cast<size_t>(n0 + lane) * a.H + k_lo,
+                 static_cast<u32>(bytes), bar);
+}
+__device__ __forceinline__ void dv_zero_w_tail(const Args& a, unsigned char* wsm, int wstride, int Hp) {
+    const int per_row = (Hp - a.H) / 8;
+    for (int i = threadIdx.x; i < DV_ROWS * per_row; i += DV_THREADS)
+        sts16(wsm + (i / per_row) * wstride + (a.H + (i % per_row) * 8) * 2, make_uint4(0, 0, 0, 0));
 }
 
 // Units (16 bytes) of x and the norm weight a lane handles per segment of 1024 columns: u = seg *
@@ -669,21 +701,25 @@ enum DvAblation {
 // CHAINS = 2 (mixed and its mutants): inside a slice, even and odd chunks accumulate in two MMA
 // chains, added at the end (a k-order of their own: mixed may be batch-variant). CHAINS = 1
 // (exact): one chain per slice, the order shared with the tile kernels.
-// PDL (NAME__dec16_pdl / __dec32_pdl, launched with programmatic stream serialization when
-// $FUSEGATE_PDL=1): the block starts its W loads (weights: nothing earlier in the stream writes
-// them), lets the next grid launch, and only then waits for the previous grid (griddepcontrol)
-// before it reads x or writes anything; so W streams while the previous kernel finishes. Without
-// the launch attribute both griddepcontrol instructions do nothing.
-template <int NORM, int FAULT, int MT, int CHAINS, bool PDL, int ABL = DV_FULL>
+// WSMEM: W comes by bulk copies into shared memory (NAME__dec16 / __dec32, sm_90): few registers,
+// so with MINB = 2 a block of the next grid fits beside a running one. Otherwise W is loaded into
+// the MMA fragment registers (NAME__dec16r / __dec32r: any H).
+// Programmatic dependent launch: the block starts fetching W (a weight: nothing earlier in the
+// stream writes it), lets the next grid launch, and only then waits for the previous grid
+// (griddepcontrol) before it reads x or writes anything. Launched with the PDL attribute, W streams
+// while the previous kernel finishes; without it both instructions do nothing.
+template <int NORM, int FAULT, int MT, int CHAINS, bool WSMEM, int ABL = DV_FULL>
 __device__ __forceinline__ void dv_kernel(const Args a) {
     constexpr int TT = 16 * MT;
     constexpr bool PRO = ABL != DV_NO_PROLOGUE && ABL != DV_ONLY_W;
     constexpr bool MMA = ABL != DV_NO_MMA && ABL != DV_ONLY_W;
     extern __shared__ uint4 fg_smem[];
-    const int Hp = (a.H + 63) & ~63, upr = Hp / 8;
-    check_launch(DV_THREADS, TT * Hp * 2 + dv_red_bytes(MT));
+    __shared__ __align__(8) unsigned long long wbar[KSLICES];
+    const int Hp = (a.H + 63) & ~63, upr = Hp / 8, wstride = dv_w_stride(Hp);
+    check_launch(DV_THREADS, dv_smem_bytes(MT, Hp, WSMEM));
     bf16* opnd = reinterpret_cast<bf16*>(fg_smem);
     float4* red = reinterpret_cast<float4*>(reinterpret_cast<unsigned char*>(fg_smem) + TT * Hp * 2);
+    unsigned char* wsm = reinterpret_cast<unsigned char*>(fg_smem) + TT * Hp * 2 + dv_red_bytes(MT);
     const int N = (a.Nq + 2 * a.Nkv) * a.D;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int grp = warp % DV_GROUPS, slice = warp / DV_GROUPS;
@@ -694,24 +730,21 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     const int nch = (a.H + 31) / 32;
     const int c_lo = ks_lo(slice, nch), c_hi = ks_lo(slice + 1, nch);
 
-    // x and the norm weight first (they lead the memory queue), then this warp's W; with PDL, W
-    // first, then the wait for the previous grid, then x.
+    // W first (all of the block's W in flight from the start), then the previous grid, then x.
     uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
-    if constexpr (PDL) {
-        dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
-#if __CUDA_ARCH__ >= 900
-        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-        dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    if constexpr (WSMEM) {
+        if (warp < KSLICES) dv_fetch_w(a, wsm, wstride, smem_addr(&wbar[warp]), warp, N);
     } else {
-        if constexpr (PRO) dv_load_x<MT>(xr, wn, a, t0, live, 0);
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
-    if constexpr (PRO) {
-        dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
-        __syncthreads();
-    }
+    griddep_launch_dependents();
+    griddep_wait();
+    if constexpr (PRO) dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    if constexpr (WSMEM) dv_zero_w_tail(a, wsm, wstride, Hp);
+    if constexpr (PRO) dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
+    if constexpr (PRO || WSMEM) __syncthreads();
+    if constexpr (WSMEM) mbar_wait(smem_addr(&wbar[slice]), 0);
+    const unsigned char* wfrag = wsm + (grp * 8 + g) * wstride + c * 16;  // + 64 per chunk (WSMEM)
 
     // Row bases of this lane's A fragments; unit (ch*4 + c) of row r sits at
     // ((ch ^ (r & 1)) * 4 + c) * 8 (dec_off), and rows g, g+8, g+16, ... share g's parity.
@@ -732,11 +765,12 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[q][m][e] = 0.f;
     for (int ch0 = c_lo; ch0 < c_hi; ch0 += DV_G) {
-        if (ch0 != c_lo) dv_load_w(wb, wrow, row_ok, ch0, c_hi, c, a.H);
+        if (!WSMEM && ch0 != c_lo) dv_load_w(wb, wrow, row_ok, ch0, c_hi, c, a.H);
 #pragma unroll
         for (int i = 0; i < DV_G; ++i) {
             const int ch = ch0 + i;  // DV_G is even: the chain parity is i's
             if (ch >= c_hi) break;
+            if constexpr (WSMEM) wb[i] = lds16(wfrag + ch * 64);
             const int off = (ch ^ p) * 32;
 #pragma unroll
             for (int m = 0; m < MT; ++m) {
@@ -896,24 +930,25 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     FG_KERNEL(NAME##__t32, NAME##_body, fg::MmaT32)                                                \
     FG_KERNEL(NAME##__t64, NAME##_body, fg::MmaT64)                                                \
     FG_KERNEL(NAME##__t128, NAME##_body, fg::MmaT128)                                              \
-    FG_DV_KERNEL(NAME##__dec16, NORM, FAULT, 1, CHAINS, false, fg::DV_FULL)                        \
-    FG_DV_KERNEL(NAME##__dec32, NORM, FAULT, 2, CHAINS, false, fg::DV_FULL)                        \
-    FG_DV_KERNEL(NAME##__dec16_pdl, NORM, FAULT, 1, CHAINS, true, fg::DV_FULL)                     \
-    FG_DV_KERNEL(NAME##__dec32_pdl, NORM, FAULT, 2, CHAINS, true, fg::DV_FULL)
+    FG_DV_KERNEL(NAME##__dec16, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_FULL)                      \
+    FG_DV_KERNEL(NAME##__dec32, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_FULL)                      \
+    FG_DV_KERNEL(NAME##__dec16r, NORM, FAULT, 1, CHAINS, false, 1, fg::DV_FULL)                    \
+    FG_DV_KERNEL(NAME##__dec32r, NORM, FAULT, 2, CHAINS, false, 1, fg::DV_FULL)
 
-#define FG_DV_KERNEL(NAME, NORM, FAULT, MT, CHAINS, PDL, ABL)                                      \
-    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, 1) NAME(FG_PARAMS) {              \
-        fg::dv_kernel<NORM, FAULT, MT, CHAINS, PDL, ABL>(FG_ARGS);                                 \
+// MINB: blocks per SM the registers must allow (2: one of the next grid beside a running one).
+#define FG_DV_KERNEL(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL)                              \
+    extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, MINB) NAME(FG_PARAMS) {           \
+        fg::dv_kernel<NORM, FAULT, MT, CHAINS, WSMEM, ABL>(FG_ARGS);                               \
     }
 
 // The timing-only ablations of one variant's __dec16 (DvAblation). KEY names the module they are
 // compiled into, alone (cuda.rs WRAPPER_MACROS, ABLATION_MODULE): only when $FUSEGATE_DEC_VARIANT
 // asks for one, so they cost the variants' own modules no compile time.
 #define FG_DV_ABLATIONS(KEY, NAME, NORM, FAULT, CHAINS)                                            \
-    FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, false, fg::DV_NO_PROLOGUE)            \
-    FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, false, fg::DV_NO_MMA)                 \
-    FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, false, fg::DV_NO_REDUCE)              \
-    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, false, fg::DV_ONLY_W)
+    FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_PROLOGUE)          \
+    FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_MMA)               \
+    FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_REDUCE)            \
+    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)
 
 #define FG_F32_VARIANT(NAME, FAULT)                                                                \
     template <class C>                                                                             \

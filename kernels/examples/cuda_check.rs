@@ -6,9 +6,11 @@
 //!   cuda_check --compile-only [ARCH] NVRTC only (no device needed): ptxas resource report
 //!   cuda_check --no-timing           skip the timings
 //!   cuda_check --quick               small shapes only, no timings (for compute-sanitizer)
-//!   cuda_check --timing-only         timings alone (e.g. with FUSEGATE_DEC_MAX_T=2048, FUSEGATE_PDL=1,
-//!                                    or FUSEGATE_DEC_VARIANT=_abl1.._abl4: exact's timing-only ablations)
+//!   cuda_check --timing-only         timings alone (e.g. with FUSEGATE_DEC_MAX_T=2048,
+//!                                    FUSEGATE_DEC_W=registers, or FUSEGATE_DEC_VARIANT=_abl1.._abl4:
+//!                                    exact's timing-only ablations)
 //!     [--entries mixed,exact] [--ts 1,32]   (timing: only these variants / token counts)
+//!     [--chained]                     (timing: launch chained (PDL) where the kernel allows it)
 //!
 //!   cuda_check --profile ENTRY T...  only launch ENTRY at each T (3 times), for ncu
 //!   cuda_check --calibrate           graph timings of reference kernels over an 8 MiB W: an empty
@@ -503,7 +505,8 @@ fn main() -> ExitCode {
     let ts: Vec<usize> = list_arg(&args, "--ts")
         .map(|v| v.iter().filter_map(|t| t.parse().ok()).collect())
         .unwrap_or_else(|| TIMING_TS.to_vec());
-    let times = if timing { time_all(&gpu, &entries, only.as_deref(), &ts) } else { Vec::new() };
+    let launch = if args.iter().any(|a| a == "--chained") { cuda::Launch::Chained } else { cuda::Launch::Serial };
+    let times = if timing { time_all(&gpu, &entries, only.as_deref(), &ts, launch) } else { Vec::new() };
 
     println!("\nkernels loaded (registers / local bytes per thread / static smem):");
     for k in gpu.kernel_infos() {
@@ -673,19 +676,22 @@ fn time_all(
     entries: &[&'static Entry],
     only: Option<&[String]>,
     ts: &[usize],
+    launch: cuda::Launch,
 ) -> Vec<Result<Timing, String>> {
     let mut out = Vec::new();
     let l2 = if gpu.l2_bytes() > 0 { gpu.l2_bytes() as usize } else { 64 << 20 };
     let wanted = |e: &Entry| only.map_or(!e.is_mutant(), |o| o.iter().any(|n| n == e.name));
     for &entry in entries.iter().filter(|e| wanted(e)) {
         for &t in ts {
-            out.push(time_one(gpu, entry, t, l2).map_err(|err| format!("{} T={t}: {err}", entry.name)));
+            out.push(time_one(gpu, entry, t, l2, launch).map_err(|err| format!("{} T={t}: {err}", entry.name)));
         }
     }
     out
 }
 
-fn time_one(gpu: &Cuda, entry: &'static Entry, t: usize, l2: usize) -> Result<Timing, String> {
+/// Graph timings of `entry` at T (chained where asked and the kernel allows it); every cold copy's
+/// outputs are checked against a serial direct launch.
+fn time_one(gpu: &Cuda, entry: &'static Entry, t: usize, l2: usize, launch: cuda::Launch) -> Result<Timing, String> {
     use cudarc::driver::sys::CUevent_flags;
     let st = gpu.stream().clone();
     let ctx = gpu.context().clone();
@@ -696,13 +702,21 @@ fn time_one(gpu: &Cuda, entry: &'static Entry, t: usize, l2: usize) -> Result<Ti
     let inp = OpInputs { shape: s, x: &x, weights: &w, eps: 1e-6 };
     let w_bytes = s.n() * s.h * 2;
     let copies = (3 * l2).div_ceil(w_bytes).clamp(2, 64);
-    let mut preps: Vec<cuda::Prepared> =
-        (0..copies).map(|_| gpu.prepare(entry, &inp, false)).collect::<Result<_, _>>().map_err(|x| x.to_string())?;
+    let launch = if gpu.chains(entry, &s) { launch } else { cuda::Launch::Serial };
+    let mut preps: Vec<cuda::Prepared> = (0..copies)
+        .map(|_| gpu.prepare_with(entry, &inp, false, launch))
+        .collect::<Result<_, _>>()
+        .map_err(|x| x.to_string())?;
+    let reference = {
+        let direct = gpu.prepare(entry, &inp, false).map_err(|x| x.to_string())?;
+        gpu.launch(&direct).map_err(|x| x.to_string())?;
+        gpu.synchronize().map_err(|x| x.to_string())?;
+        gpu.download(&direct).map_err(|x| x.to_string())?
+    };
     for p in &preps {
         gpu.launch(p).map_err(|x| x.to_string())?;
     }
     gpu.synchronize().map_err(|x| x.to_string())?;
-    let reference = gpu.download(&preps[0]).map_err(|x| x.to_string())?;
     let (a, b) = (
         ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e(&x))?,
         ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e(&x))?,

@@ -280,8 +280,9 @@ pub fn pick_tile(fp32: bool, t: usize) -> Tile {
 /// A decode-kernel launch (`__dec16` / `__dec32` in fused_rmsnorm_qkv.cu). Tensor-core variants
 /// (`dv_kernel`): 512 threads, 16 warps = 4 groups of 8 W rows x 4 k-slices, 32 rows of W per
 /// block, the block's 16 or 32 tokens normalised over all of H into shared memory, plus the
-/// k-slices' partial sums. fp32 (`dec_f32_kernel`): 256 threads (8 warps normalise, 4 stream W),
-/// 32 rows, 16 tokens.
+/// k-slices' partial sums, plus (`__dec16` / `__dec32`) the block's W, fetched by bulk copies; the
+/// `r` kernels (`__dec16r` / `__dec32r`) hold W in registers instead, for an H whose W rows do not
+/// fit. fp32 (`dec_f32_kernel`): 256 threads (8 warps normalise, 4 stream W), 32 rows, 16 tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodePlan {
     pub suffix: &'static str,
@@ -300,14 +301,28 @@ pub const DEC_ROWS: usize = 32;
 pub const fn dv_red_bytes(mt: usize) -> usize {
     3 * 4 * mt * 32 * 16
 }
+/// Dynamic shared memory of a tensor-core decode block (`dv_smem_bytes`): operand [16*MT][hp],
+/// partial sums, and with `w_smem` the block's 32 rows of W at `hp * 2 + 64` bytes each.
+pub const fn dv_smem_bytes(mt: usize, hp: usize, w_smem: bool) -> usize {
+    16 * mt * hp * 2 + dv_red_bytes(mt) + if w_smem { DEC_ROWS * (hp * 2 + 64) } else { 0 }
+}
+
+/// Where the tensor-core decode kernels keep W (`$FUSEGATE_DEC_W` picks one, to compare them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeW {
+    /// Bulk copies into shared memory where the rows fit and the device has them (sm_90), else
+    /// registers. The default.
+    Auto,
+    /// Always the register kernels (`__dec16r` / `__dec32r`).
+    Registers,
+}
 
 /// The decode kernels serve up to [`DEC_MAX_T`] tokens (32 for fp32): they stream W once per 16
-/// or 32 tokens (from L2 after the first T-slice), straight into
-/// MMA (or FFMA) registers, with no shared-memory W tile and no barrier in the loop. They need
-/// the 16-byte path (H % 8 == 0) and the block's operand [16*MT][H rounded up to 64] in shared
-/// memory (`max_smem`: the device's opt-in limit per block). `None`: use the tile kernels.
+/// or 32 tokens (from L2 after the first T-slice), with no k-tile loop or barrier. They need the
+/// 16-byte path (H % 8 == 0) and their shared memory ([`dv_smem_bytes`]) within `max_smem` (the
+/// device's opt-in limit per block). `None`: use the tile kernels.
 pub fn decode_plan(fp32: bool, s: &Shape, max_smem: usize) -> Option<DecodePlan> {
-    decode_plan_upto(fp32, s, max_smem, DEC_MAX_T)
+    decode_plan_with(fp32, s, max_smem, DEC_MAX_T, DecodeW::Auto)
 }
 
 /// Largest T the MMA decode kernels take by default (above it the tile kernels are used).
@@ -316,17 +331,28 @@ pub fn decode_plan(fp32: bool, s: &Shape, max_smem: usize) -> Option<DecodePlan>
 /// W); 64 is between the two measurements.
 pub const DEC_MAX_T: usize = 64;
 
-/// [`decode_plan`] with the MMA decode kernels' T limit given (`$FUSEGATE_DEC_MAX_T` sets it
-/// for [`Cuda`], to measure the crossover).
-pub fn decode_plan_upto(fp32: bool, s: &Shape, max_smem: usize, dec_max_t: usize) -> Option<DecodePlan> {
+/// [`decode_plan`] with the MMA decode kernels' T limit and W placement given
+/// (`$FUSEGATE_DEC_MAX_T` and `$FUSEGATE_DEC_W` set them for [`Cuda`], to measure). Shared-memory
+/// W needs sm_90 (`Cuda::prepare` passes [`DecodeW::Registers`] below it).
+pub fn decode_plan_with(fp32: bool, s: &Shape, max_smem: usize, dec_max_t: usize, w: DecodeW) -> Option<DecodePlan> {
     let hp = s.h.div_ceil(64) * 64;
+    let fits = |smem: usize| smem + 1024 <= max_smem;
     let (suffix, rows, threads, smem, max_t) = match (fp32, s.t) {
         (true, 0..=32) => ("__dec16", 16, DEC_THREADS, 16 * hp * 4, 32),
-        (false, 0..=16) => ("__dec16", 16, DV_THREADS, 16 * hp * 2 + dv_red_bytes(1), dec_max_t),
-        (false, _) => ("__dec32", 32, DV_THREADS, 32 * hp * 2 + dv_red_bytes(2), dec_max_t),
-        _ => return None,
+        (true, _) => return None,
+        (false, t) => {
+            let mt = if t <= 16 { 1 } else { 2 };
+            let w_smem = w == DecodeW::Auto && fits(dv_smem_bytes(mt, hp, true));
+            let suffix = match (mt, w_smem) {
+                (1, true) => "__dec16",
+                (1, false) => "__dec16r",
+                (_, true) => "__dec32",
+                (_, false) => "__dec32r",
+            };
+            (suffix, 16 * mt, DV_THREADS, dv_smem_bytes(mt, hp, w_smem), dec_max_t)
+        }
     };
-    if s.t > max_t || !s.h.is_multiple_of(8) || smem + 1024 > max_smem {
+    if s.t > max_t || !s.h.is_multiple_of(8) || !fits(smem) {
         return None;
     }
     let grid = (s.n().div_ceil(DEC_ROWS) as u32, s.t.div_ceil(rows) as u32, 1);
@@ -358,9 +384,31 @@ impl<T: DeviceRepr> DevBuf<T> {
     }
 }
 
+/// How a launch relates to the one before it on the stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launch {
+    /// A plain launch: the kernel starts once the previous one has finished.
+    #[default]
+    Serial,
+    /// Programmatic dependent launch: the kernel starts while the previous one runs, fetches W,
+    /// and waits for it (griddepcontrol.wait) before it reads x or writes. What a kernel gets in
+    /// a serving stack whose kernels all take part; only the tensor-core decode kernels do.
+    Chained,
+}
+
+impl std::fmt::Display for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Launch::Serial => "serial",
+            Launch::Chained => "chained",
+        })
+    }
+}
+
 /// How one prepared entry is launched.
 enum Plan {
-    /// `pdl`: launched with programmatic stream serialization (`$FUSEGATE_PDL`, decode kernels).
+    /// `pdl`: launched with programmatic stream serialization ([`Launch::Chained`]).
     Fused {
         func: CudaFunction,
         name: String,
@@ -368,6 +416,8 @@ enum Plan {
         block: u32,
         smem: u32,
         pdl: bool,
+        /// Blocks of this kernel one SM holds at once (the driver's occupancy figure).
+        per_sm: u32,
     },
     Standard {
         norm: CudaFunction,
@@ -406,8 +456,8 @@ impl Prepared {
     /// The kernel name and launch configuration, for reports.
     pub fn describe(&self) -> String {
         match &self.plan {
-            Plan::Fused { name, grid, block, smem, pdl, .. } => format!(
-                "{name} grid=({},{},{}) block={block} smem={smem} vec16={}{}",
+            Plan::Fused { name, grid, block, smem, pdl, per_sm, .. } => format!(
+                "{name} grid=({},{},{}) block={block} smem={smem} {per_sm}/SM vec16={}{}",
                 grid.0,
                 grid.1,
                 grid.2,
@@ -457,9 +507,9 @@ pub struct Cuda {
     cublas_workspace: CudaSlice<u8>,
     /// T limit of the MMA decode kernels ([`DEC_MAX_T`] unless `$FUSEGATE_DEC_MAX_T`).
     dec_max_t: usize,
-    /// Launch the tensor-core decode kernels with programmatic dependent launch (`$FUSEGATE_PDL=1`):
-    /// their W loads overlap the end of the previous kernel in the stream.
-    pdl: bool,
+    /// Where the tensor-core decode kernels keep W (`$FUSEGATE_DEC_W=registers` forces registers;
+    /// shared memory needs sm_90).
+    dec_w: DecodeW,
     /// Appended to the tensor-core decode kernel's name (`$FUSEGATE_DEC_VARIANT`, e.g. `_abl1`):
     /// a measurement hook for exact's timing-only ablation kernels ([`ABLATION_MODULE`]; wrong
     /// outputs; NOTES.md v8).
@@ -468,6 +518,19 @@ pub struct Cuda {
     functions: Mutex<HashMap<String, (CudaFunction, KernelInfo)>>,
     compile_ms: Mutex<Vec<(String, f64)>>,
     run_lock: Mutex<()>,
+}
+
+/// Blocks of `func` one SM holds at once; a kernel that fits none is an error naming it.
+fn occupancy(func: &CudaFunction, name: &str, threads: u32, smem: u32) -> Result<u32, BackendError> {
+    let per_sm = func
+        .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)
+        .map_err(|e| device_err(format!("occupancy of {name}"), e))?;
+    if per_sm == 0 {
+        return Err(BackendError::Device(format!(
+            "{name} cannot run: {threads} threads with {smem} bytes of shared memory fit no SM"
+        )));
+    }
+    Ok(per_sm)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -558,7 +621,11 @@ impl Cuda {
             cublas_version,
             cublas_workspace,
             dec_max_t: std::env::var("FUSEGATE_DEC_MAX_T").ok().and_then(|v| v.parse().ok()).unwrap_or(DEC_MAX_T),
-            pdl: std::env::var("FUSEGATE_PDL").is_ok_and(|v| v == "1"),
+            dec_w: if cc.0 < 9 || std::env::var("FUSEGATE_DEC_W").is_ok_and(|v| v == "registers") {
+                DecodeW::Registers
+            } else {
+                DecodeW::Auto
+            },
             dec_variant: std::env::var("FUSEGATE_DEC_VARIANT").unwrap_or_default(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -700,10 +767,40 @@ impl Cuda {
             .map_err(|e| device_err("poisoning outputs", e))
     }
 
-    /// Uploads the inputs and plans the launch. With `debug`, the fused kernels also write
+    /// The decode kernel `entry` runs at `s`, if one does (else a tile kernel or the standard path).
+    fn decode_for(&self, entry: &Entry, s: &Shape) -> Option<DecodePlan> {
+        let CudaImpl::Fused { .. } = entry.cuda else { return None };
+        let fp32 = entry.numerics.norm == NormRounding::Fp32;
+        decode_plan_with(fp32, s, self.max_smem, self.dec_max_t, self.dec_w)
+    }
+
+    /// Whether `entry` at `s` can be launched [`Launch::Chained`]: its kernel is a tensor-core
+    /// decode kernel, the only ones that wait for their predecessor.
+    pub fn chains(&self, entry: &Entry, s: &Shape) -> bool {
+        entry.numerics.norm != NormRounding::Fp32 && self.decode_for(entry, s).is_some()
+    }
+
+    /// Uploads the inputs and plans a serial launch. With `debug`, the fused kernels also write
     /// stage B and inv_rms (one block per T-tile does); production timing passes `false`.
     pub fn prepare(&self, entry: &'static Entry, inp: &OpInputs, debug: bool) -> Result<Prepared, BackendError> {
+        self.prepare_with(entry, inp, debug, Launch::Serial)
+    }
+
+    /// [`Cuda::prepare`] for a given [`Launch`]; chained where [`Cuda::chains`] says no is an error.
+    pub fn prepare_with(
+        &self,
+        entry: &'static Entry,
+        inp: &OpInputs,
+        debug: bool,
+        launch: Launch,
+    ) -> Result<Prepared, BackendError> {
         check_inputs(inp)?;
+        if launch == Launch::Chained && !self.chains(entry, &inp.shape) {
+            return Err(BackendError::BadInput(format!(
+                "{} at T = {}: only the tensor-core decode kernels can be launched chained (PDL)",
+                entry.name, inp.shape.t
+            )));
+        }
         // Callers may be on any thread (trials run on workers): bind the context first, since some
         // driver calls below (the occupancy query) do not bind it and fail with INVALID_CONTEXT.
         self.ctx.bind_to_thread().map_err(|e| device_err("binding the CUDA context to this thread", e))?;
@@ -722,28 +819,28 @@ impl Cuda {
             }
             CudaImpl::Fused { kernel } => {
                 let fp32 = entry.numerics.norm == NormRounding::Fp32;
-                if let Some(dec) = decode_plan_upto(fp32, &s, self.max_smem, self.dec_max_t) {
-                    let pdl = self.pdl && !fp32;
+                if let Some(dec) = self.decode_for(entry, &s) {
+                    let pdl = launch == Launch::Chained;
                     let variant = if fp32 { "" } else { self.dec_variant.as_str() };
-                    let name = format!("{kernel}{}{}{variant}", dec.suffix, if pdl { "_pdl" } else { "" });
+                    let name = format!("{kernel}{}{variant}", dec.suffix);
                     let module = if variant.is_empty() { kernel } else { ABLATION_MODULE };
                     let func = self.function(Source::Fused, Some(module), &name, (self.max_smem - 1024) as u32)?;
-                    Plan::Fused { func, name, grid: dec.grid, block: dec.threads, smem: dec.smem, pdl }
+                    // All of the SM's shared memory, so that a block of the next (chained) grid
+                    // fits beside a running one where two blocks' W and operand do.
+                    func.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                        100,
+                    )
+                    .map_err(|e| device_err(format!("{name}: shared memory carveout"), e))?;
+                    let per_sm = occupancy(&func, &name, dec.threads, dec.smem)?;
+                    Plan::Fused { func, name, grid: dec.grid, block: dec.threads, smem: dec.smem, pdl, per_sm }
                 } else {
                     let tile = pick_tile(fp32, s.t);
                     let name = format!("{kernel}{}", tile.suffix);
                     let func = self.function(Source::Fused, Some(kernel), &name, tile.smem)?;
-                    let per_sm = func
-                        .occupancy_max_active_blocks_per_multiprocessor(tile.threads, tile.smem as usize, None)
-                        .map_err(|e| device_err(format!("occupancy of {name}"), e))?;
-                    if per_sm == 0 {
-                        return Err(BackendError::Device(format!(
-                            "{name} cannot run: {} threads with {} bytes of shared memory fit no SM",
-                            tile.threads, tile.smem
-                        )));
-                    }
+                    let per_sm = occupancy(&func, &name, tile.threads, tile.smem)?;
                     let grid = grid_for(tile, &s, self.sms * per_sm);
-                    Plan::Fused { func, name, grid, block: tile.threads, smem: tile.smem, pdl: false }
+                    Plan::Fused { func, name, grid, block: tile.threads, smem: tile.smem, pdl: false, per_sm }
                 }
             }
             CudaImpl::NormThenCublas => Plan::Standard {
@@ -808,7 +905,7 @@ impl Cuda {
         let mut b = p.b.as_ref().map_or(0, |b| b.ptr(st));
         let mut r = p.inv_rms.as_ref().map_or(0, |r| r.ptr(st));
         match &p.plan {
-            Plan::Fused { func, name, grid, block, smem, pdl } => {
+            Plan::Fused { func, name, grid, block, smem, pdl, .. } => {
                 let (mut t, mut h, mut nq, mut nkv, mut d) = (t, h, nq, nkv, d);
                 let mut args: [*mut c_void; 14] = [
                     (&mut x as *mut u64).cast(),
@@ -1086,41 +1183,56 @@ mod tests {
     fn decode_plans_follow_the_launch_rule() {
         let optin = 227 * 1024;
         let p = decode_plan(false, &Shape::qwen3_06b(1), optin).unwrap();
-        let smem = (16 * 1024 * 2 + dv_red_bytes(1)) as u32;
+        let smem = (16 * 1024 * 2 + dv_red_bytes(1) + 32 * (2048 + 64)) as u32;
         assert_eq!(p, DecodePlan { suffix: "__dec16", grid: (128, 1, 1), threads: 512, smem });
+        // Two such blocks fit one SM (228 KiB, 1 KiB reserved per block): the next grid's beside.
+        assert!(2 * (smem as usize + 1024) <= 228 * 1024);
         let p = decode_plan(false, &Shape::qwen3_06b(32), optin).unwrap();
-        let smem = (32 * 1024 * 2 + dv_red_bytes(2)) as u32;
+        let smem = (32 * 1024 * 2 + dv_red_bytes(2) + 32 * (2048 + 64)) as u32;
         assert_eq!(p, DecodePlan { suffix: "__dec32", grid: (128, 1, 1), threads: 512, smem });
+        let regs = decode_plan_with(false, &Shape::qwen3_06b(5), optin, DEC_MAX_T, DecodeW::Registers).unwrap();
+        assert_eq!(regs.suffix, "__dec16r");
+        assert_eq!(regs.smem as usize, 16 * 1024 * 2 + dv_red_bytes(1));
         assert_eq!(decode_plan(false, &Shape::qwen3_06b(64), optin).unwrap().grid, (128, 2, 1));
         assert!(decode_plan(false, &Shape::qwen3_06b(65), optin).is_none());
-        assert_eq!(decode_plan_upto(false, &Shape::qwen3_06b(128), optin, 2048).unwrap().grid, (128, 4, 1));
+        let p = decode_plan_with(false, &Shape::qwen3_06b(128), optin, 2048, DecodeW::Auto).unwrap();
+        assert_eq!(p.grid, (128, 4, 1));
         let p = decode_plan(true, &Shape::qwen3_06b(32), optin).unwrap();
         assert_eq!(p, DecodePlan { suffix: "__dec16", grid: (128, 2, 1), threads: 256, smem: 16 * 1024 * 4 });
         assert!(decode_plan(true, &Shape::qwen3_06b(33), optin).is_none());
-        // H not a multiple of 8, or an operand too large for shared memory: tile kernels.
-        assert!(decode_plan(false, &Shape { t: 5, h: 769, nq: 4, nkv: 2, d: 64 }, optin).is_none());
+        // W rows too wide for shared memory: registers; an operand too large too: tile kernels.
+        let wide = decode_plan(false, &Shape { t: 3, h: 4096, nq: 4, nkv: 2, d: 64 }, optin).unwrap();
+        assert_eq!(wide.suffix, "__dec16r");
         assert!(decode_plan(false, &Shape { t: 20, h: 8192, nq: 4, nkv: 2, d: 64 }, optin).is_none());
+        // H not a multiple of 8: tile kernels.
+        assert!(decode_plan(false, &Shape { t: 5, h: 769, nq: 4, nkv: 2, d: 64 }, optin).is_none());
         // H = 1000 rounds up to 1024 in shared memory.
         let p = decode_plan(false, &Shape { t: 3, h: 1000, nq: 4, nkv: 2, d: 32 }, optin).unwrap();
-        assert_eq!(p.smem as usize, 16 * 1024 * 2 + dv_red_bytes(1));
+        assert_eq!(p.smem as usize, dv_smem_bytes(1, 1024, true));
     }
 
     #[test]
     fn every_decode_kernel_has_a_wrapper() {
         assert!(FUSED_CU.contains("NAME##__dec16(FG_PARAMS)"));
-        for (suffix, mt, pdl) in
-            [("dec16", 1, false), ("dec32", 2, false), ("dec16_pdl", 1, true), ("dec32_pdl", 2, true)]
+        for (suffix, mt, w_smem, minb) in
+            [("dec16", 1, true, 2), ("dec32", 2, true, 1), ("dec16r", 1, false, 1), ("dec32r", 2, false, 1)]
         {
-            let line = format!("FG_DV_KERNEL(NAME##__{suffix}, NORM, FAULT, {mt}, CHAINS, {pdl}, fg::DV_FULL)");
+            let line =
+                format!("FG_DV_KERNEL(NAME##__{suffix}, NORM, FAULT, {mt}, CHAINS, {w_smem}, {minb}, fg::DV_FULL)");
             assert!(FUSED_CU.contains(&line), "{line}");
         }
         assert!(FUSED_CU.contains("constexpr int DEC_WARPS = 8, DEC_THREADS = DEC_WARPS * 32;"));
         assert!(FUSED_CU.contains("constexpr int DEC_CWARPS = 4, DEC_ROWS = DEC_CWARPS * 8;"));
-        // The tensor-core decode kernels' constants, mirrored by DV_THREADS, DEC_ROWS, dv_red_bytes.
+        // The tensor-core decode kernels' constants, mirrored by DV_THREADS, DEC_ROWS, dv_red_bytes,
+        // dv_smem_bytes.
         assert!(FUSED_CU.contains("constexpr int KSLICES = 4;"));
         assert!(FUSED_CU.contains("constexpr int DV_GROUPS = 4, DV_ROWS = DV_GROUPS * 8;"));
         assert!(FUSED_CU.contains("constexpr int DV_WARPS = DV_GROUPS * KSLICES, DV_THREADS = DV_WARPS * 32;"));
         assert!(FUSED_CU.contains("return (KSLICES - 1) * DV_GROUPS * mt * 32 * 16;"));
+        assert!(FUSED_CU.contains("constexpr int dv_w_stride(int hp) { return hp * 2 + 64; }"));
+        assert!(
+            FUSED_CU.contains("return 16 * mt * hp * 2 + dv_red_bytes(mt) + (wsmem ? DV_ROWS * dv_w_stride(hp) : 0);")
+        );
         assert_eq!(DV_THREADS, 4 * 4 * 32);
     }
 

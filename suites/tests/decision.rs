@@ -1,7 +1,7 @@
 //! The production decision from a committed, real bench + conformance fixture (H200): a change in
 //! select's rules, the buckets or the report shows up as a snapshot diff, and the rules are checked.
 
-use fusegate_harness::bench::schema::BenchRun;
+use fusegate_harness::bench::schema::{BenchRun, Launch};
 use fusegate_harness::bench::select::{self, Mix};
 
 fn fixture(name: &str) -> String {
@@ -13,7 +13,8 @@ fn decide(mix: Mix) -> select::Decision {
     let bench: BenchRun = serde_json::from_str(&fixture("bench-nvidia-h200.json")).expect("bench fixture parses");
     let conf: serde_json::Value = serde_json::from_str(&fixture("conformance-cuda-nvidia-h200.json")).expect("JSON");
     let gates = select::gates_from_conformance(&conf, "cuda");
-    select::decide(&bench, gates, mix, ("bench-nvidia-h200.json".into(), "conformance-cuda-nvidia-h200.json".into()))
+    let sources = ("bench-nvidia-h200.json".into(), "conformance-cuda-nvidia-h200.json".into());
+    select::decide(&bench, gates, mix, sources, Launch::Serial)
 }
 
 #[test]

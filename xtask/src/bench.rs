@@ -4,7 +4,7 @@ use crate::conform::results_dir;
 use anyhow::{Context, bail};
 use fusegate_harness::bench::compare;
 use fusegate_harness::bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
-use fusegate_harness::bench::schema::{BenchRun, Cache};
+use fusegate_harness::bench::schema::{BenchRun, Cache, Launch};
 use fusegate_harness::bench::stats::StopRule;
 use fusegate_harness::bench::{report, select};
 use fusegate_harness::results::write_atomically;
@@ -25,6 +25,10 @@ pub struct Args {
     /// L2 state: cold (flushed / rotated), hot, or both.
     #[arg(long, default_value = "both", value_parser = ["cold", "hot", "both"])]
     cache: String,
+    /// Launch regime: serial (each call after the previous one), chained (programmatic dependent
+    /// launch, the fused decode kernels only), or both.
+    #[arg(long, default_value = "both", value_parser = ["serial", "chained", "both"])]
+    launch: String,
     /// Time budget per measurement, seconds (sampling stops earlier once the median's 95% CI < 1%).
     #[arg(long, default_value_t = 2.0)]
     budget: f64,
@@ -85,10 +89,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         "hot" => vec![Cache::Hot],
         _ => vec![Cache::Cold, Cache::Hot],
     };
+    let launches = match a.launch.as_str() {
+        "serial" => vec![Launch::Serial],
+        "chained" => vec![Launch::Chained],
+        _ => vec![Launch::Serial, Launch::Chained],
+    };
     let opts = Options {
         variants,
         tokens: a.tokens,
         caches,
+        launches,
         stop: StopRule { budget_s: a.budget, ..StopRule::default() },
         seed: a.seed,
         torch_script: (!a.no_torch).then(|| a.torch_script.unwrap_or_else(default_script)),

@@ -3,7 +3,7 @@
 use crate::bench::{load_bench, write_report};
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
-use fusegate_harness::bench::schema::slug;
+use fusegate_harness::bench::schema::{Launch, slug};
 use fusegate_harness::bench::select::{self, Mix};
 use fusegate_harness::results::write_atomically;
 use std::process::ExitCode;
@@ -54,12 +54,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     // Sources as the repository names them (results/<gpu>/...), not as this machine's paths.
     let name = |f: &str| format!("results/{gpu}/{f}");
-    let decision = select::decide(&bench, gates, a.mix, (name("latest.json"), name("conformance-cuda.json")));
-    let json = serde_json::to_vec_pretty(&decision).context("serialising the decision")?;
-    write_atomically(&dir.join("decision.json"), &json).context("writing decision.json")?;
-    let md = decision.markdown();
-    write_atomically(&dir.join("decision.md"), md.as_bytes()).context("writing decision.md")?;
-    write_report(&bench, Some(&decision), &results)?;
-    print!("{md}");
+    let sources = (name("latest.json"), name("conformance-cuda.json"));
+    // The serial decision is the default; where the bench has chained figures, the decision for
+    // a PDL-enabled stack goes beside it.
+    let chained = bench.measurements.iter().any(|m| m.launch == Launch::Chained);
+    let mut decision = None;
+    for launch in [Launch::Serial, Launch::Chained].into_iter().filter(|&l| l == Launch::Serial || chained) {
+        let d = select::decide(&bench, gates.clone(), a.mix, sources.clone(), launch);
+        let stem = if launch == Launch::Serial { "decision" } else { "decision-chained" };
+        let json = serde_json::to_vec_pretty(&d).context("serialising the decision")?;
+        write_atomically(&dir.join(format!("{stem}.json")), &json).with_context(|| format!("writing {stem}.json"))?;
+        let md = d.markdown();
+        write_atomically(&dir.join(format!("{stem}.md")), md.as_bytes())
+            .with_context(|| format!("writing {stem}.md"))?;
+        print!("{md}");
+        decision.get_or_insert(d);
+    }
+    write_report(&bench, decision.as_ref(), &results)?;
     Ok(ExitCode::SUCCESS)
 }

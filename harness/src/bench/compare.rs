@@ -1,8 +1,8 @@
-//! `bench --compare`: SAME / FASTER / SLOWER per (variant, T, cache) from CI overlap, refused when
+//! `bench --compare`: SAME / FASTER / SLOWER per (variant, T, cache, launch) from CI overlap, refused when
 //! the two runs' fingerprints differ (unless forced): timings from different machines, drivers or
 //! libraries are not a regression signal.
 
-use crate::bench::schema::{BenchRun, Cache};
+use crate::bench::schema::{BenchRun, Cache, Launch};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -18,6 +18,7 @@ pub struct Row {
     pub variant: String,
     pub t: usize,
     pub cache: Cache,
+    pub launch: Launch,
     pub before_us: f64,
     pub after_us: f64,
     pub change: Change,
@@ -34,7 +35,7 @@ pub fn compare(before: &BenchRun, after: &BenchRun, force: bool) -> Result<Vec<R
         .iter()
         .filter(|m| m.usable())
         .filter_map(|a| {
-            let b = before.find(&a.variant, a.t, a.cache).filter(|b| b.usable())?;
+            let b = before.find(&a.variant, a.t, a.cache, a.launch).filter(|b| b.usable())?;
             let change = if a.time_us.overlaps(&b.time_us) {
                 Change::Same
             } else if a.time_us.median < b.time_us.median {
@@ -46,6 +47,7 @@ pub fn compare(before: &BenchRun, after: &BenchRun, force: bool) -> Result<Vec<R
                 variant: a.variant.clone(),
                 t: a.t,
                 cache: a.cache,
+                launch: a.launch,
                 before_us: b.time_us.median,
                 after_us: a.time_us.median,
                 change,
@@ -56,15 +58,16 @@ pub fn compare(before: &BenchRun, after: &BenchRun, force: bool) -> Result<Vec<R
 
 pub fn table(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:<10} {:>6} {:<5} {:>11} {:>11} {:>7}  change\n",
-        "variant", "T", "cache", "before us", "after us", "ratio"
+        "{:<10} {:>6} {:<5} {:<7} {:>11} {:>11} {:>7}  change\n",
+        "variant", "T", "cache", "launch", "before us", "after us", "ratio"
     );
     for r in rows {
         s += &format!(
-            "{:<10} {:>6} {:<5} {:>11.2} {:>11.2} {:>7.3}  {:?}\n",
+            "{:<10} {:>6} {:<5} {:<7} {:>11.2} {:>11.2} {:>7.3}  {:?}\n",
             r.variant,
             r.t,
             r.cache,
+            r.launch.to_string(),
             r.before_us,
             r.after_us,
             r.after_us / r.before_us,

@@ -10,9 +10,12 @@
 //!   the graph is replayed, and its output must equal a direct launch's, bit for bit (a kernel left
 //!   out of the capture would replay nothing and leave stale outputs).
 //! - Samples faster than the roofline floor are flagged as measurement errors.
+//! - Chained ([`Launch::Chained`]): the same graphs with every launch chained to the one before
+//!   (programmatic dependent launch), so a launch overlaps its predecessor's tail as it would
+//!   beside other PDL kernels in a serving stack; the check compares with a serial direct launch.
 
 use crate::bench::nvml::{Gpu, PeakSampler};
-use crate::bench::schema::{Cache, Conditions, Measurement, Memory};
+use crate::bench::schema::{Cache, Conditions, Launch, Measurement, Memory};
 use crate::bench::stats::{Estimate, StopRule};
 use crate::roofline::{self, Ceilings};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
@@ -121,7 +124,14 @@ impl Sampler<'_> {
     /// buffers is prepared and launched, over the figure before (cuBLAS's workspace, allocated at
     /// probe, is reported apart). Measured apart from timing, whose graphs and checks hold extra
     /// copies; for cold runs, which rotate copies, it is not repeated.
-    fn footprint(&self, entry: &'static Entry, shape: Shape, weights: &Weights, cache: Cache) -> Result<Memory> {
+    fn footprint(
+        &self,
+        entry: &'static Entry,
+        shape: Shape,
+        weights: &Weights,
+        cache: Cache,
+        launch: Launch,
+    ) -> Result<Memory> {
         let cublas_workspace_bytes = if entry.cuda == fusegate_kernels::registry::CudaImpl::NormThenCublas {
             self.cuda.cublas_workspace_bytes() as u64
         } else {
@@ -131,6 +141,9 @@ impl Sampler<'_> {
         let Some(gpu) = self.gpu.clone() else { return Ok(none("NVML unavailable")) };
         if cache == Cache::Cold {
             return Ok(none("measured on the hot run (cold runs hold rotation copies)"));
+        }
+        if launch == Launch::Chained {
+            return Ok(none("measured on the serial run (the same kernel and buffers)"));
         }
         self.cuda.synchronize()?;
         let Some(baseline) = gpu.process_memory() else {
@@ -154,11 +167,18 @@ impl Sampler<'_> {
         })
     }
 
-    /// Times one (entry, T, cache) and measures its memory.
-    pub fn measure(&self, entry: &'static Entry, shape: Shape, weights: &Weights, cache: Cache) -> Result<Measurement> {
+    /// Times one (entry, T, cache, launch) and measures its memory.
+    pub fn measure(
+        &self,
+        entry: &'static Entry,
+        shape: Shape,
+        weights: &Weights,
+        cache: Cache,
+        launch: Launch,
+    ) -> Result<Measurement> {
         let cuda = self.cuda;
         let stream = cuda.stream();
-        let memory = self.footprint(entry, shape, weights, cache)?;
+        let memory = self.footprint(entry, shape, weights, cache, launch)?;
 
         let per_copy = roofline::min_bytes(&shape) as u64;
         let copies = match cache {
@@ -170,7 +190,7 @@ impl Sampler<'_> {
         let mut preps = Vec::new();
         // Each cold copy gets its own device buffers (same values: the work is identical).
         for _ in 0..if use_graph { copies } else { 1 } {
-            preps.push(cuda.prepare(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false)?);
+            preps.push(cuda.prepare_with(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false, launch)?);
         }
         let floor_us = roofline::floor_s(&shape, &self.ceilings) * 1e6;
         let timer = Timer::new(cuda)?;
@@ -235,6 +255,7 @@ impl Sampler<'_> {
             variant: entry.name.to_string(),
             t: shape.t,
             cache,
+            launch,
             method: if graph.is_some() { "graph".into() } else { "events+flush".into() },
             launches_per_sample: launches,
             time_us: est,

@@ -3,7 +3,7 @@
 
 use crate::bench::gpu::{self, Sampler};
 use crate::bench::nvml::Gpu;
-use crate::bench::schema::{self, Baseline, BenchConfig, BenchRun, Cache, Fingerprint};
+use crate::bench::schema::{self, Baseline, BenchConfig, BenchRun, Cache, Fingerprint, Launch};
 use crate::bench::stats::{Estimate, StopRule};
 use crate::results::{utc_now, write_atomically};
 use crate::roofline::{self, Ceilings};
@@ -21,6 +21,8 @@ pub struct Options {
     pub variants: Vec<&'static Entry>,
     pub tokens: Vec<usize>,
     pub caches: Vec<Cache>,
+    /// Launch regimes; `Chained` is measured only where the kernel takes part ([`Cuda::chains`]).
+    pub launches: Vec<Launch>,
     pub stop: StopRule,
     pub seed: u64,
     /// The PyTorch baseline script; `None` skips the baselines.
@@ -128,25 +130,33 @@ pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(&str)) -> Result<Bench
         Sampler { cuda, gpu: gpu.clone(), ceilings: ceil, l2_bytes: fp.l2_bytes, stop: opts.stop, seed: opts.seed };
     let weights = synth::weights(&Shape::qwen3_06b(1), opts.seed);
     let mut measurements = Vec::new();
-    let total = opts.variants.len() * opts.tokens.len() * opts.caches.len();
+    let mut plan = Vec::new();
     for &t in &opts.tokens {
         for &entry in &opts.variants {
-            for &cache in &opts.caches {
-                let m = sampler.measure(entry, Shape::qwen3_06b(t), &weights, cache)?;
-                progress(&format!(
-                    "[{:>3}/{total}] {:<9} T={:<5} {:<4} {:>9.2} us  (CI +-{:.2}%, {:.0}% of floor{})",
-                    measurements.len() + 1,
-                    entry.name,
-                    t,
-                    cache,
-                    m.time_us.median,
-                    100.0 * m.time_us.rel_ci(),
-                    m.pct_of_floor,
-                    if m.usable() { String::new() } else { format!("; {}", m.status) }
-                ));
-                measurements.push(m);
+            for &launch in &opts.launches {
+                if launch == Launch::Chained && !cuda.chains(entry, &Shape::qwen3_06b(t)) {
+                    continue;
+                }
+                plan.extend(opts.caches.iter().map(|&cache| (t, entry, launch, cache)));
             }
         }
+    }
+    let total = plan.len();
+    for (t, entry, launch, cache) in plan {
+        let m = sampler.measure(entry, Shape::qwen3_06b(t), &weights, cache, launch)?;
+        progress(&format!(
+            "[{:>3}/{total}] {:<9} T={:<5} {:<4} {:<7} {:>9.2} us  (CI +-{:.2}%, {:.0}% of floor{})",
+            measurements.len() + 1,
+            entry.name,
+            t,
+            cache,
+            launch.to_string(),
+            m.time_us.median,
+            100.0 * m.time_us.rel_ci(),
+            m.pct_of_floor,
+            if m.usable() { String::new() } else { format!("; {}", m.status) }
+        ));
+        measurements.push(m);
     }
     let (baselines, baseline_note) = match &opts.torch_script {
         None => (Vec::new(), Some("PyTorch baselines skipped (--no-torch)".to_string())),
@@ -172,6 +182,7 @@ pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(&str)) -> Result<Bench
         config: BenchConfig {
             tokens: opts.tokens.clone(),
             caches: opts.caches.clone(),
+            launches: opts.launches.clone(),
             stop: opts.stop,
             shape: "Qwen3-0.6B attention: H=1024, 16 q heads, 8 kv heads, D=128 (W 4096x1024 bf16)".into(),
         },

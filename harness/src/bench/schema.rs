@@ -3,14 +3,17 @@
 //! - `schema`, `fingerprint` (what must match for two runs to be comparable), `conditions` (clocks,
 //!   temperature, power, throttle reasons at start and end), `ceilings` (measured copy bandwidth and
 //!   bf16 GEMM rate), `config` (token counts, cache modes, stop rule), `utc`, `git_commit`;
-//! - `measurements`: one per (variant, T, cache): the median and 95% CI in microseconds, samples,
+//! - `measurements`: one per (variant, T, cache, launch): the median and 95% CI in microseconds, samples,
 //!   `method` ("graph" replays or per-launch "events"), the floor and % of floor, samples flagged
 //!   below the floor or taken while throttled, whether the graph was checked on fresh inputs, and
-//!   the variant's peak device memory (NVML process delta, cuBLAS workspace apart);
+//!   the variant's peak device memory (NVML process delta, cuBLAS workspace apart); `launch` is
+//!   "serial" (each launch after the previous one finished) or "chained" (programmatic dependent
+//!   launch: only the fused decode kernels take part; absent in files before it existed = serial);
 //! - `baselines`: PyTorch eager and torch.compile measured in the same run, or why they are absent.
 
 use crate::bench::stats::{Estimate, StopRule};
 use crate::roofline::Ceilings;
+pub use fusegate_kernels::cuda::Launch;
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "fusegate-bench-v1";
@@ -110,6 +113,9 @@ pub struct Measurement {
     pub variant: String,
     pub t: usize,
     pub cache: Cache,
+    /// How consecutive launches in the timed graph relate.
+    #[serde(default)]
+    pub launch: Launch,
     /// "graph": time per launch from replays of a captured graph of `launches_per_sample` launches;
     /// "events": one launch between two events per sample.
     pub method: String,
@@ -150,6 +156,8 @@ pub struct Baseline {
 pub struct BenchConfig {
     pub tokens: Vec<usize>,
     pub caches: Vec<Cache>,
+    #[serde(default = "serial_only")]
+    pub launches: Vec<Launch>,
     pub stop: StopRule,
     pub shape: String,
 }
@@ -171,9 +179,13 @@ pub struct BenchRun {
     pub seconds: f64,
 }
 
+fn serial_only() -> Vec<Launch> {
+    vec![Launch::Serial]
+}
+
 impl BenchRun {
-    pub fn find(&self, variant: &str, t: usize, cache: Cache) -> Option<&Measurement> {
-        self.measurements.iter().find(|m| m.variant == variant && m.t == t && m.cache == cache)
+    pub fn find(&self, variant: &str, t: usize, cache: Cache, launch: Launch) -> Option<&Measurement> {
+        self.measurements.iter().find(|m| m.variant == variant && m.t == t && m.cache == cache && m.launch == launch)
     }
 }
 

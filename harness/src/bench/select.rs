@@ -1,8 +1,11 @@
 //! `select`: the production decision. Per token bucket, the fastest variant that passes its gates
 //! (its contract on every golden case, and determinism); ties within noise go to the more exact
 //! variant; the result is a dispatch table and a record of why every other variant lost.
+//! Made for one launch regime: serial (plain launches, the default), or chained, where each
+//! variant counts at its chained (PDL) figure when its kernel takes part and its serial one
+//! otherwise: the stack a PDL-enabled server would run.
 
-use crate::bench::schema::{BenchRun, Cache, Measurement};
+use crate::bench::schema::{BenchRun, Cache, Launch, Measurement};
 use fusegate_kernels::registry;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -129,6 +132,7 @@ pub struct Decision {
     pub bench: String,
     pub conformance: String,
     pub cache: Cache,
+    pub launch: Launch,
     pub mix: Mix,
     pub gates: BTreeMap<String, Gates>,
     pub buckets: Vec<Bucket>,
@@ -139,13 +143,25 @@ pub struct Decision {
 }
 
 /// Makes the decision from one bench run and the gates.
-pub fn decide(bench: &BenchRun, gates: BTreeMap<String, Gates>, mix: Mix, sources: (String, String)) -> Decision {
+pub fn decide(
+    bench: &BenchRun,
+    gates: BTreeMap<String, Gates>,
+    mix: Mix,
+    sources: (String, String),
+    launch: Launch,
+) -> Decision {
     let cache = Cache::Cold;
     let usable: Vec<&Measurement> = bench.measurements.iter().filter(|m| m.cache == cache && m.usable()).collect();
     let mut variants: Vec<String> = usable.iter().map(|m| m.variant.clone()).collect();
     variants.sort();
     variants.dedup();
-    let time = |v: &str, t: usize| usable.iter().find(|m| m.variant == v && m.t == t).copied();
+    let time = |v: &str, t: usize| {
+        let at = |l: Launch| usable.iter().find(|m| m.variant == v && m.t == t && m.launch == l).copied();
+        match launch {
+            Launch::Serial => at(Launch::Serial),
+            Launch::Chained => at(Launch::Chained).or_else(|| at(Launch::Serial)),
+        }
+    };
     let open = |v: &str| gates.get(v).is_some_and(Gates::open);
 
     let mut buckets = Vec::new();
@@ -259,6 +275,7 @@ pub fn decide(bench: &BenchRun, gates: BTreeMap<String, Gates>, mix: Mix, source
         bench: sources.0,
         conformance: sources.1,
         cache,
+        launch,
         mix,
         gates,
         buckets,
@@ -276,6 +293,16 @@ impl Decision {
             s,
             "From `{}` and `{}`; timings are cold-L2 medians (us per call).\n",
             self.bench, self.conformance
+        );
+        let _ = writeln!(
+            s,
+            "{}\n",
+            match self.launch {
+                Launch::Serial => "Launch regime: **serial** (each call starts after the previous one has finished).",
+                Launch::Chained =>
+                    "Launch regime: **chained** (programmatic dependent launch): a variant counts at its chained \
+                     figure where its kernel takes part (the fused decode kernels) and at its serial one elsewhere.",
+            }
         );
         let _ = writeln!(s, "## Dispatch\n\n| T | variant |\n|---|---|");
         for r in &self.dispatch {
