@@ -571,19 +571,15 @@ __device__ __forceinline__ void dv_load_w(uint4 (&buf)[DV_G], const bf16* wrow, 
 }
 
 // WSMEM: warp `slice` (0..3) fetches the block's W rows over k-slice `slice` into shared memory,
-// one bulk copy per row (lane = row), completing on bar; the tail [H, Hp) of each row is zeroed by
-// dv_zero_w_tail (0 * garbage could be NaN). Rows past N are not fetched: they only feed output
-// columns that are never stored.
+// one bulk copy per row (lane = row), completing on bar (initialised, and the initialisation made
+// visible, before). The tail [H, Hp) of each row is zeroed by dv_zero_w_tail (0 * garbage could be
+// NaN). Rows past N are not fetched: they only feed output columns that are never stored.
 __device__ __forceinline__ void dv_fetch_w(const Args& a, unsigned char* wsm, int wstride, u32 bar, int slice,
                                            int N) {
     const int lane = threadIdx.x & 31, nch = (a.H + 31) / 32;
     const int k_lo = ks_lo(slice, nch) * 32, k_hi = min(ks_lo(slice + 1, nch) * 32, a.H);
     const int bytes = max(k_hi - k_lo, 0) * 2, n0 = blockIdx.x * DV_ROWS, rows = min(DV_ROWS, N - n0);
-    if (lane == 0) {
-        mbar_init(bar, 1);
-        mbar_arrive_expect_tx(bar, static_cast<u32>(rows * bytes));
-    }
-    __syncwarp();
+    if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<u32>(rows * bytes));
     if (lane < rows && bytes > 0)
         bulk_g2s(smem_addr(wsm + lane * wstride + k_lo * 2), a.w_qkv + static_cast<size_t>(n0 + lane) * a.H + k_lo,
                  static_cast<u32>(bytes), bar);
@@ -705,10 +701,12 @@ enum DvAblation {
 // so with MINB = 2 a block of the next grid fits beside a running one. Otherwise W is loaded into
 // the MMA fragment registers (NAME__dec16r / __dec32r: any H).
 // Programmatic dependent launch: the block starts fetching W (a weight: nothing earlier in the
-// stream writes it), lets the next grid launch, and only then waits for the previous grid
-// (griddepcontrol) before it reads x or writes anything. Launched with the PDL attribute, W streams
-// while the previous kernel finishes; without it both instructions do nothing.
-template <int NORM, int FAULT, int MT, int CHAINS, bool WSMEM, int ABL = DV_FULL>
+// stream writes it), then waits for the previous grid (griddepcontrol.wait) before it reads x or
+// writes anything, and lets the next grid launch once its x loads are issued (TRIG = 0) or once
+// its operand is in shared memory (TRIG = 1): either way this grid's x requests go to memory
+// before the next grid's 8 MiB of W requests. Launched with the PDL attribute, W streams while the
+// previous kernel finishes; without it both instructions do nothing.
+template <int NORM, int FAULT, int MT, int CHAINS, bool WSMEM, int ABL = DV_FULL, int TRIG = 0>
 __device__ __forceinline__ void dv_kernel(const Args a) {
     constexpr int TT = 16 * MT;
     constexpr bool PRO = ABL != DV_NO_PROLOGUE && ABL != DV_ONLY_W;
@@ -733,16 +731,19 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     // W first (all of the block's W in flight from the start), then the previous grid, then x.
     uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
     if constexpr (WSMEM) {
+        if (threadIdx.x < KSLICES) mbar_init(smem_addr(&wbar[threadIdx.x]), 1);
+        __syncthreads();
         if (warp < KSLICES) dv_fetch_w(a, wsm, wstride, smem_addr(&wbar[warp]), warp, N);
     } else {
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
-    griddep_launch_dependents();
     griddep_wait();
     if constexpr (PRO) dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    if constexpr (TRIG == 0) griddep_launch_dependents();
     if constexpr (WSMEM) dv_zero_w_tail(a, wsm, wstride, Hp);
     if constexpr (PRO) dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
     if constexpr (PRO || WSMEM) __syncthreads();
+    if constexpr (TRIG == 1) griddep_launch_dependents();
     if constexpr (WSMEM) mbar_wait(smem_addr(&wbar[slice]), 0);
     const unsigned char* wfrag = wsm + (grp * 8 + g) * wstride + c * 16;  // + 64 per chunk (WSMEM)
 
@@ -937,8 +938,10 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
 
 // MINB: blocks per SM the registers must allow (2: one of the next grid beside a running one).
 #define FG_DV_KERNEL(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL)                              \
+    FG_DV_KERNEL_T(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL, 0)
+#define FG_DV_KERNEL_T(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL, TRIG)                      \
     extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, MINB) NAME(FG_PARAMS) {           \
-        fg::dv_kernel<NORM, FAULT, MT, CHAINS, WSMEM, ABL>(FG_ARGS);                               \
+        fg::dv_kernel<NORM, FAULT, MT, CHAINS, WSMEM, ABL, TRIG>(FG_ARGS);                         \
     }
 
 // The timing-only ablations of one variant's __dec16 (DvAblation). KEY names the module they are
@@ -948,7 +951,9 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_PROLOGUE)          \
     FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_MMA)               \
     FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_REDUCE)            \
-    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)
+    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)              \
+    FG_DV_KERNEL_T(NAME##__dec16_trig1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_FULL, 1)          \
+    FG_DV_KERNEL_T(NAME##__dec32_trig1, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_FULL, 1)
 
 #define FG_F32_VARIANT(NAME, FAULT)                                                                \
     template <class C>                                                                             \

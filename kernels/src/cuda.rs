@@ -322,7 +322,26 @@ pub enum DecodeW {
 /// 16-byte path (H % 8 == 0) and their shared memory ([`dv_smem_bytes`]) within `max_smem` (the
 /// device's opt-in limit per block). `None`: use the tile kernels.
 pub fn decode_plan(fp32: bool, s: &Shape, max_smem: usize) -> Option<DecodePlan> {
-    decode_plan_with(fp32, s, max_smem, DEC_MAX_T, DecodeW::Auto)
+    decode_plan_with(fp32, s, max_smem, DecodeRule::default())
+}
+
+/// Which tensor-core decode kernel serves which T, and where it keeps W. The default is the
+/// measured choice; `$FUSEGATE_DEC_MAX_T`, `$FUSEGATE_DEC16_MAX_T` and `$FUSEGATE_DEC_W` override
+/// it for [`Cuda`], to measure the alternatives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeRule {
+    /// Largest T of any decode kernel (tile kernels above).
+    pub max_t: usize,
+    /// Largest T of the 16-token kernels (`__dec16`, several T-tiles above 16); the 32-token
+    /// ones above it.
+    pub dec16_max_t: usize,
+    pub w: DecodeW,
+}
+
+impl Default for DecodeRule {
+    fn default() -> Self {
+        DecodeRule { max_t: DEC_MAX_T, dec16_max_t: 16, w: DecodeW::Auto }
+    }
 }
 
 /// Largest T the MMA decode kernels take by default (above it the tile kernels are used).
@@ -331,25 +350,24 @@ pub fn decode_plan(fp32: bool, s: &Shape, max_smem: usize) -> Option<DecodePlan>
 /// W); 64 is between the two measurements.
 pub const DEC_MAX_T: usize = 64;
 
-/// [`decode_plan`] with the MMA decode kernels' T limit and W placement given
-/// (`$FUSEGATE_DEC_MAX_T` and `$FUSEGATE_DEC_W` set them for [`Cuda`], to measure). Shared-memory
-/// W needs sm_90 (`Cuda::prepare` passes [`DecodeW::Registers`] below it).
-pub fn decode_plan_with(fp32: bool, s: &Shape, max_smem: usize, dec_max_t: usize, w: DecodeW) -> Option<DecodePlan> {
+/// [`decode_plan`] under a given [`DecodeRule`]. Shared-memory W needs sm_90 ([`Cuda`] asks for
+/// [`DecodeW::Registers`] below it).
+pub fn decode_plan_with(fp32: bool, s: &Shape, max_smem: usize, rule: DecodeRule) -> Option<DecodePlan> {
     let hp = s.h.div_ceil(64) * 64;
     let fits = |smem: usize| smem + 1024 <= max_smem;
     let (suffix, rows, threads, smem, max_t) = match (fp32, s.t) {
         (true, 0..=32) => ("__dec16", 16, DEC_THREADS, 16 * hp * 4, 32),
         (true, _) => return None,
         (false, t) => {
-            let mt = if t <= 16 { 1 } else { 2 };
-            let w_smem = w == DecodeW::Auto && fits(dv_smem_bytes(mt, hp, true));
+            let mt = if t <= rule.dec16_max_t { 1 } else { 2 };
+            let w_smem = rule.w == DecodeW::Auto && fits(dv_smem_bytes(mt, hp, true));
             let suffix = match (mt, w_smem) {
                 (1, true) => "__dec16",
                 (1, false) => "__dec16r",
                 (_, true) => "__dec32",
                 (_, false) => "__dec32r",
             };
-            (suffix, 16 * mt, DV_THREADS, dv_smem_bytes(mt, hp, w_smem), dec_max_t)
+            (suffix, 16 * mt, DV_THREADS, dv_smem_bytes(mt, hp, w_smem), rule.max_t)
         }
     };
     if s.t > max_t || !s.h.is_multiple_of(8) || !fits(smem) {
@@ -505,11 +523,8 @@ pub struct Cuda {
     /// An explicit cuBLAS workspace (PyTorch sets one too): no allocation happens inside a graph
     /// capture, and its size is reported apart from the variants' own memory.
     cublas_workspace: CudaSlice<u8>,
-    /// T limit of the MMA decode kernels ([`DEC_MAX_T`] unless `$FUSEGATE_DEC_MAX_T`).
-    dec_max_t: usize,
-    /// Where the tensor-core decode kernels keep W (`$FUSEGATE_DEC_W=registers` forces registers;
-    /// shared memory needs sm_90).
-    dec_w: DecodeW,
+    /// Which decode kernel serves which T ([`DecodeRule`]'s default unless overridden).
+    decode: DecodeRule,
     /// Appended to the tensor-core decode kernel's name (`$FUSEGATE_DEC_VARIANT`, e.g. `_abl1`):
     /// a measurement hook for exact's timing-only ablation kernels ([`ABLATION_MODULE`]; wrong
     /// outputs; NOTES.md v8).
@@ -518,6 +533,22 @@ pub struct Cuda {
     functions: Mutex<HashMap<String, (CudaFunction, KernelInfo)>>,
     compile_ms: Mutex<Vec<(String, f64)>>,
     run_lock: Mutex<()>,
+}
+
+/// The default [`DecodeRule`], with `$FUSEGATE_DEC_MAX_T`, `$FUSEGATE_DEC16_MAX_T` and
+/// `$FUSEGATE_DEC_W=registers` applied (measurement hooks); registers below sm_90.
+fn decode_rule_from_env(cc: (i32, i32)) -> DecodeRule {
+    let num = |var: &str| std::env::var(var).ok().and_then(|v| v.parse().ok());
+    let d = DecodeRule::default();
+    DecodeRule {
+        max_t: num("FUSEGATE_DEC_MAX_T").unwrap_or(d.max_t),
+        dec16_max_t: num("FUSEGATE_DEC16_MAX_T").unwrap_or(d.dec16_max_t),
+        w: if cc.0 < 9 || std::env::var("FUSEGATE_DEC_W").is_ok_and(|v| v == "registers") {
+            DecodeW::Registers
+        } else {
+            d.w
+        },
+    }
 }
 
 /// Blocks of `func` one SM holds at once; a kernel that fits none is an error naming it.
@@ -620,12 +651,7 @@ impl Cuda {
             l2_bytes,
             cublas_version,
             cublas_workspace,
-            dec_max_t: std::env::var("FUSEGATE_DEC_MAX_T").ok().and_then(|v| v.parse().ok()).unwrap_or(DEC_MAX_T),
-            dec_w: if cc.0 < 9 || std::env::var("FUSEGATE_DEC_W").is_ok_and(|v| v == "registers") {
-                DecodeW::Registers
-            } else {
-                DecodeW::Auto
-            },
+            decode: decode_rule_from_env(cc),
             dec_variant: std::env::var("FUSEGATE_DEC_VARIANT").unwrap_or_default(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -771,7 +797,7 @@ impl Cuda {
     fn decode_for(&self, entry: &Entry, s: &Shape) -> Option<DecodePlan> {
         let CudaImpl::Fused { .. } = entry.cuda else { return None };
         let fp32 = entry.numerics.norm == NormRounding::Fp32;
-        decode_plan_with(fp32, s, self.max_smem, self.dec_max_t, self.dec_w)
+        decode_plan_with(fp32, s, self.max_smem, self.decode)
     }
 
     /// Whether `entry` at `s` can be launched [`Launch::Chained`]: its kernel is a tensor-core
@@ -1190,12 +1216,14 @@ mod tests {
         let p = decode_plan(false, &Shape::qwen3_06b(32), optin).unwrap();
         let smem = (32 * 1024 * 2 + dv_red_bytes(2) + 32 * (2048 + 64)) as u32;
         assert_eq!(p, DecodePlan { suffix: "__dec32", grid: (128, 1, 1), threads: 512, smem });
-        let regs = decode_plan_with(false, &Shape::qwen3_06b(5), optin, DEC_MAX_T, DecodeW::Registers).unwrap();
+        let rule = DecodeRule { w: DecodeW::Registers, ..DecodeRule::default() };
+        let regs = decode_plan_with(false, &Shape::qwen3_06b(5), optin, rule).unwrap();
         assert_eq!(regs.suffix, "__dec16r");
         assert_eq!(regs.smem as usize, 16 * 1024 * 2 + dv_red_bytes(1));
         assert_eq!(decode_plan(false, &Shape::qwen3_06b(64), optin).unwrap().grid, (128, 2, 1));
         assert!(decode_plan(false, &Shape::qwen3_06b(65), optin).is_none());
-        let p = decode_plan_with(false, &Shape::qwen3_06b(128), optin, 2048, DecodeW::Auto).unwrap();
+        let rule = DecodeRule { max_t: 2048, ..DecodeRule::default() };
+        let p = decode_plan_with(false, &Shape::qwen3_06b(128), optin, rule).unwrap();
         assert_eq!(p.grid, (128, 4, 1));
         let p = decode_plan(true, &Shape::qwen3_06b(32), optin).unwrap();
         assert_eq!(p, DecodePlan { suffix: "__dec16", grid: (128, 2, 1), threads: 256, smem: 16 * 1024 * 4 });
