@@ -59,8 +59,16 @@ impl Environment {
     }
 }
 
-/// The checkout's commit (with "-dirty" for local changes), or what the bundle recorded.
+/// The commit the running binary was built from: what the bundle recorded
+/// (`$FUSEGATE_GIT_COMMIT`, set by bundle/run.sh) first, since the tree a bundle runs in need not
+/// be the one it was built from (a GPU machine's copy of the checkout once reported a commit three
+/// behind); else the checkout's commit, with "-dirty" for local changes.
 fn git_commit() -> String {
+    if let Ok(c) = std::env::var("FUSEGATE_GIT_COMMIT")
+        && !c.is_empty()
+    {
+        return c;
+    }
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -74,7 +82,7 @@ fn git_commit() -> String {
             let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
             if dirty { format!("{c}-dirty") } else { c }
         }
-        _ => std::env::var("FUSEGATE_GIT_COMMIT").unwrap_or_else(|_| "unknown".into()),
+        _ => "unknown".into(),
     }
 }
 

@@ -71,13 +71,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         copy_dir(&root.join("golden/data"), &out.join("golden"))?;
     }
-    let commit = Command::new("git")
-        .current_dir(&root)
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    // The commit the binaries are built from, "-dirty" with local changes to tracked files: results
+    // record it (the GPU machine's copy of the tree is not a reliable witness).
+    let mut commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    if !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit += "-dirty";
+    }
     let run_sh = out.join("run.sh");
     std::fs::write(&run_sh, RUN_SH.replace("@COMMIT@", &commit)).context("writing run.sh")?;
     use std::os::unix::fs::PermissionsExt;
