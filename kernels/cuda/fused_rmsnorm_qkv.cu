@@ -396,24 +396,24 @@ __device__ __forceinline__ void f32_kernel(const Args a) {
 // Decode family (few tokens): the op is a stream of W.
 //
 // Tensor-core decode kernels (dv_kernel: NAME__dec16 for 16 tokens per block, NAME__dec32 for
-// 32), from v6 of NOTES.md. A block owns 32 rows of W and 16*MT tokens and has 16 warps: warp w
-// streams the rows of n8 group (w % 4) over k-slice (w / 4), 8 rows x 256 columns at H = 1024, so
-// a lane holds 8 chunks x 16 B of W and the block all of its 64 KiB of W in flight from the
-// start (16-byte loads straight into MMA fragment registers: the k-permutation above makes a
-// lane's W fragment one contiguous 16-byte run of its row). Before its W loads, warp w issues the
-// loads of x and the norm weight for the tokens it normalises (w, w + 16), so they lead the queue;
-// it keeps them in registers (H <= 1024: no second round trip), writes the operand into shared
-// memory, and one barrier later every warp runs its slice's MMA chain (16 MMAs at H = 1024) as
-// its W arrives. The four slices of each output are added in slice order through shared memory
-// (the exact order of the header comment), and slice 0's warp stores. (v7 tried cp.async for x,
-// 8 k-slices and two blocks per SM: slower, NOTES.md.)
+// 32), from v10 of NOTES.md. A block owns 32 rows of W and 16*MT tokens and has 16 warps: warp w
+// computes the rows of n8 group (w % 4) over k-slice (w / 4), 8 rows x 256 columns at H = 1024.
+// The block's 64 KiB of W is all in flight from the start: warps 0-3 issue one bulk copy per
+// (row, k-slice) into shared memory, each k-slice completing on its own mbarrier (the `r` kernels
+// instead load W straight into MMA fragment registers, 16 bytes per lane and chunk: the
+// k-permutation above makes a lane's W fragment one contiguous 16-byte run of its row). Then the
+// wait for the previous grid (a no-op unless launched chained), the loads of x and the norm weight
+// for the tokens warp w normalises (w, w + 16), the release of the next grid, the operand into
+// shared memory, one barrier, and every warp runs its slice's MMA chain (16 MMAs at H = 1024) once
+// its slice of W has landed. The four slices of each output are added in slice order through
+// shared memory (the exact order of the header comment), and slice 0's warp stores.
 //
 // Launch rule: block = DV_THREADS (512) threads; grid = (ceil(N / 32), ceil(T / (16*MT)));
-// dynamic shared memory = 16*MT * Hp * 2 (the operand, Hp = H rounded up to 64) + dv_red_bytes(MT)
-// (the slices' partial sums); needs the 16-byte path (H % 8 == 0, 16-byte aligned x, w_norm, W)
-// and that much shared memory; the Rust side uses the tile kernels otherwise (`decode_plan`).
-// Rows of the operand past T are left unwritten: an MMA output row depends on its own A row
-// only, and those rows are never stored.
+// dynamic shared memory = dv_smem_bytes(MT, Hp, WSMEM) (the operand, Hp = H rounded up to 64; the
+// slices' partial sums; W for WSMEM); needs the 16-byte path (H % 8 == 0, 16-byte aligned x,
+// w_norm, W) and that much shared memory, and sm_90 for WSMEM; the Rust side uses the `r` kernels
+// or the tile kernels otherwise (`decode_plan`). Rows of the operand past T are left unwritten:
+// an MMA output row depends on its own A row only, and those rows are never stored.
 //
 // fp32 decode kernel (dec_f32_kernel, fusegate_f32__dec16, the v5 design): 8 warps normalise
 // the block's 16 tokens into shared memory (fp32), 4 of them then stream 32 rows of W over all of

@@ -1,7 +1,7 @@
 //! The production decision from a committed, real bench + conformance fixture (H200): a change in
 //! select's rules, the buckets or the report shows up as a snapshot diff, and the rules are checked.
 
-use fusegate_harness::bench::schema::{BenchRun, Launch};
+use fusegate_harness::bench::schema::{BenchRun, Cache, Launch};
 use fusegate_harness::bench::select::{self, Mix};
 
 fn fixture(name: &str) -> String {
@@ -9,12 +9,20 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+fn bench() -> BenchRun {
+    serde_json::from_str(&fixture("bench-nvidia-h200.json")).expect("bench fixture parses")
+}
+
 fn decide(mix: Mix) -> select::Decision {
-    let bench: BenchRun = serde_json::from_str(&fixture("bench-nvidia-h200.json")).expect("bench fixture parses");
+    decide_for(mix, Launch::Serial)
+}
+
+fn decide_for(mix: Mix, launch: Launch) -> select::Decision {
+    let bench = bench();
     let conf: serde_json::Value = serde_json::from_str(&fixture("conformance-cuda-nvidia-h200.json")).expect("JSON");
     let gates = select::gates_from_conformance(&conf, "cuda");
     let sources = ("bench-nvidia-h200.json".into(), "conformance-cuda-nvidia-h200.json".into());
-    select::decide(&bench, gates, mix, sources, Launch::Serial)
+    select::decide(&bench, gates, mix, sources, launch)
 }
 
 #[test]
@@ -55,4 +63,43 @@ fn the_mix_weights_the_buckets() {
     assert_eq!(a.mix.0, [1.0, 0.0, 0.0]);
     assert!(a.buckets[0].share == 1.0 && b.buckets[2].share == 1.0);
     assert!("0.5,0.5".parse::<Mix>().is_err() && "1,-1,1".parse::<Mix>().is_err());
+}
+
+#[test]
+fn the_chained_decision_counts_chained_figures_where_they_exist_and_serial_ones_elsewhere() {
+    let bench = bench();
+    let (serial, chained) = (decide(Mix::default()), decide_for(Mix::default(), Launch::Chained));
+    assert_eq!((serial.launch, chained.launch), (Launch::Serial, Launch::Chained));
+    let median = |v: &str, t: usize, l: Launch| bench.find(v, t, Cache::Cold, l).map(|m| m.time_us.median);
+    let mut chained_cells = 0;
+    for (bs, bc) in serial.buckets.iter().zip(&chained.buckets) {
+        for (cs, cc) in bs.candidates.iter().zip(&bc.candidates) {
+            assert_eq!(cs.variant, cc.variant);
+            for (&(t, s_us), &(t2, c_us)) in cs.times_us.iter().zip(&cc.times_us) {
+                assert_eq!(t, t2);
+                assert_eq!(Some(s_us), median(&cs.variant, t, Launch::Serial));
+                match median(&cc.variant, t, Launch::Chained) {
+                    Some(m) => {
+                        assert_eq!(c_us, m, "{} T={t}", cc.variant);
+                        chained_cells += 1;
+                    }
+                    None => assert_eq!(c_us, s_us, "{} T={t}: no chained figure, so the serial one", cc.variant),
+                }
+            }
+        }
+    }
+    // The fixture holds chained figures for the fused decode kernels (mixed, exact at T <= 32).
+    assert!(chained_cells >= 6, "{chained_cells}");
+    assert!(chained.markdown().contains("Launch regime: **chained**"));
+}
+
+#[test]
+fn bench_files_from_before_launch_regimes_read_as_serial() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/nvidia-h200/bench-20261121T233222Z.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(!text.contains("\"launch\""), "the point of this file: written before the field existed");
+    let old: BenchRun = serde_json::from_str(&text).expect("an old bench file still parses");
+    assert_eq!(old.config.launches, vec![Launch::Serial]);
+    assert!(!old.measurements.is_empty() && old.measurements.iter().all(|m| m.launch == Launch::Serial));
 }
