@@ -14,9 +14,10 @@
 //!
 //!   cuda_check --profile ENTRY T...  only launch ENTRY at each T (3 times), for ncu
 //!   cuda_check --calibrate           graph timings of reference kernels over an 8 MiB W: an empty
-//!                                    kernel, W streamed with the decode kernels' geometry, and W
-//!                                    streamed by a plain coalesced grid (what launch, streaming and
-//!                                    the fused kernels' own work each cost)
+//!                                    kernel, W streamed with the decode kernels' geometry, W
+//!                                    streamed by a plain coalesced grid, and chained (PDL) kernels
+//!                                    that only wait, or wait and read 2 KiB cold (what launch,
+//!                                    streaming and the fused kernels' own work each cost)
 //!
 //! Exit status 1 when: a variant leaves NaN (unwritten) outputs; an HF-numerics variant is more
 //! than 2 floored ulps (below) from the CPU at q/k/v, or more than 2 ulps at B; a variant is not
@@ -807,6 +808,21 @@ extern "C" __global__ void __launch_bounds__(512) cal_stream_dv(const uint4* w, 
     for (int i = 0; i < 8; ++i) x ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
     if (x == 0x9e3779b9u) out[blockIdx.x] = x;
 }
+// Chained (launched with PDL): what a launch costs when it waits for the previous grid before
+// anything else. cal_chain_empty: nothing but the wait and the release of the next grid;
+// cal_chain_x: then one cold 2 KiB read shared by every block (x at T = 1), as the fused decode
+// kernel does after its wait.
+extern "C" __global__ void cal_chain_empty(const uint4* w, unsigned* out, int H) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (threadIdx.x == 0 && H == -1) out[blockIdx.x] = 1;
+}
+extern "C" __global__ void cal_chain_x(const uint4* w, unsigned* out, int H) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    const uint4 v = threadIdx.x < 128 ? ld_na(w + threadIdx.x) : make_uint4(0, 0, 0, 0);
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if ((v.x ^ v.y ^ v.z ^ v.w) == 0x9e3779b9u) out[blockIdx.x] = v.x;
+}
 // Plain coalesced stream: 256 threads, 4 units each, consecutive threads on consecutive units.
 extern "C" __global__ void __launch_bounds__(256) cal_stream_flat(const uint4* w, unsigned* out, int n16) {
     const int i0 = blockIdx.x * 1024 + threadIdx.x;
@@ -882,14 +898,17 @@ fn calibrate_on(gpu: &Cuda) -> Result<(), String> {
         "calibration: W = {} bytes, {copies} copies (L2 {l2} bytes), floor at 4.3 TB/s {floor:.2} us; us per launch, median of 30 graph replays",
         n16 * 16
     );
-    type Cal = (&'static str, (u32, u32, u32), u32, i32);
-    let kernels: [Cal; 4] = [
-        ("cal_empty", (128, 1, 1), 512, s.h as i32),
-        ("cal_stream_dv", ((s.n() / 32) as u32, 1, 1), 512, s.h as i32),
-        ("cal_stream_flat", (n16.div_ceil(1024) as u32, 1, 1), 256, n16 as i32),
-        ("cal_empty", (1, 1, 1), 32, s.h as i32),
+    // (name, grid, block, argument, launched chained)
+    type Cal = (&'static str, (u32, u32, u32), u32, i32, bool);
+    let kernels: [Cal; 6] = [
+        ("cal_empty", (128, 1, 1), 512, s.h as i32, false),
+        ("cal_stream_dv", ((s.n() / 32) as u32, 1, 1), 512, s.h as i32, false),
+        ("cal_stream_flat", (n16.div_ceil(1024) as u32, 1, 1), 256, n16 as i32, false),
+        ("cal_empty", (1, 1, 1), 32, s.h as i32, false),
+        ("cal_chain_empty", (128, 1, 1), 512, s.h as i32, true),
+        ("cal_chain_x", (128, 1, 1), 512, s.h as i32, true),
     ];
-    for (name, grid, block, arg) in kernels {
+    for (name, grid, block, arg, chained) in kernels {
         let f = module.load_function(name).map_err(|x| e(&x))?;
         let mut med = [0f64; 2];
         for (mode, slot) in med.iter_mut().enumerate() {
@@ -902,9 +921,35 @@ fn calibrate_on(gpu: &Cuda) -> Result<(), String> {
                     let mut args: [*mut std::ffi::c_void; 3] =
                         [(&mut wp as *mut u64).cast(), (&mut op as *mut u64).cast(), (&mut h as *mut i32).cast()];
                     // SAFETY: (const uint4*, unsigned*, int) as the kernels declare; the buffers hold
-                    // 8 MiB (read) and 4096 words (never written in practice).
+                    // 8 MiB (read) and 4096 words (never written in practice); `attr` and `cfg`
+                    // outlive the call.
                     let r = unsafe {
-                        drv::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, st.cu_stream(), &mut args)
+                        if chained {
+                            let mut attr: cudarc::driver::sys::CUlaunchAttribute = std::mem::zeroed();
+                            attr.id = cudarc::driver::sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                            attr.value.programmaticStreamSerializationAllowed = 1;
+                            let cfg = cudarc::driver::sys::CUlaunchConfig {
+                                gridDimX: grid.0,
+                                gridDimY: grid.1,
+                                gridDimZ: grid.2,
+                                blockDimX: block,
+                                blockDimY: 1,
+                                blockDimZ: 1,
+                                sharedMemBytes: 0,
+                                hStream: st.cu_stream(),
+                                attrs: &mut attr,
+                                numAttrs: 1,
+                            };
+                            cudarc::driver::sys::cuLaunchKernelEx(
+                                &cfg,
+                                f.cu_function(),
+                                args.as_mut_ptr(),
+                                std::ptr::null_mut(),
+                            )
+                            .result()
+                        } else {
+                            drv::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, st.cu_stream(), &mut args)
+                        }
                     };
                     r.map_err(|x| e(&x))?;
                 }
@@ -921,8 +966,13 @@ fn calibrate_on(gpu: &Cuda) -> Result<(), String> {
             *slot = median(&mut us);
         }
         println!(
-            "  {:<16} grid {:>5} x {:>3}  graph hot {:>6.2}  graph cold {:>6.2}",
-            name, grid.0, block, med[0], med[1]
+            "  {:<16} grid {:>5} x {:>3}  graph hot {:>6.2}  graph cold {:>6.2}{}",
+            name,
+            grid.0,
+            block,
+            med[0],
+            med[1],
+            if chained { "  (chained)" } else { "" }
         );
     }
     Ok(())
