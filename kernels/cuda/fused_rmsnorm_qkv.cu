@@ -584,16 +584,6 @@ __device__ __forceinline__ void dv_fetch_w(const Args& a, unsigned char* wsm, in
         bulk_g2s(smem_addr(wsm + lane * wstride + k_lo * 2), a.w_qkv + static_cast<size_t>(n0 + lane) * a.H + k_lo,
                  static_cast<u32>(bytes), bar);
 }
-// WROWS: whole rows instead, 4x fewer and 4x larger copies (H * 2 bytes each; warp w fetches rows
-// 8w .. 8w+7), all completing on `bar`, one barrier for the four k-slices, whose expected bytes
-// (rows * H * 2) thread 0 announced before the block barrier that precedes this.
-__device__ __forceinline__ void dv_fetch_w_rows(const Args& a, unsigned char* wsm, int wstride, u32 bar, int N) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = warp * 8 + lane;
-    const int n0 = blockIdx.x * DV_ROWS, rows = min(DV_ROWS, N - n0);
-    if (lane < 8 && r < rows)
-        bulk_g2s(smem_addr(wsm + r * wstride), a.w_qkv + static_cast<size_t>(n0 + r) * a.H, static_cast<u32>(a.H * 2),
-                 bar);
-}
 __device__ __forceinline__ void dv_zero_w_tail(const Args& a, unsigned char* wsm, int wstride, int Hp) {
     const int per_row = (Hp - a.H) / 8;
     for (int i = threadIdx.x; i < DV_ROWS * per_row; i += DV_THREADS)
@@ -712,11 +702,11 @@ enum DvAblation {
 // the MMA fragment registers (NAME__dec16r / __dec32r: any H).
 // Programmatic dependent launch: the block starts fetching W (a weight: nothing earlier in the
 // stream writes it), then waits for the previous grid (griddepcontrol.wait) before it reads x or
-// writes anything, and lets the next grid launch once its x loads are issued (TRIG = 0) or once
-// its operand is in shared memory (TRIG = 1): either way this grid's x requests go to memory
-// before the next grid's 8 MiB of W requests. Launched with the PDL attribute, W streams while the
-// previous kernel finishes; without it both instructions do nothing.
-template <int NORM, int FAULT, int MT, int CHAINS, bool WSMEM, int ABL = DV_FULL, int TRIG = 0, bool WROWS = false>
+// writes anything, and lets the next grid launch once its x loads are issued, so that they go to
+// memory before the next grid's 8 MiB of W requests (NOTES.md v9, v10: released earlier, x queues
+// behind them; later, the next W overlaps less). Launched with the PDL attribute, W streams while
+// the previous kernel finishes; without it both instructions do nothing.
+template <int NORM, int FAULT, int MT, int CHAINS, bool WSMEM, int ABL = DV_FULL>
 __device__ __forceinline__ void dv_kernel(const Args a) {
     constexpr int TT = 16 * MT;
     constexpr bool PRO = ABL != DV_NO_PROLOGUE && ABL != DV_ONLY_W;
@@ -742,25 +732,18 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
     if constexpr (WSMEM) {
         if (threadIdx.x < KSLICES) mbar_init(smem_addr(&wbar[threadIdx.x]), 1);
-        if (WROWS && threadIdx.x == 0)
-            mbar_arrive_expect_tx(smem_addr(&wbar[0]), static_cast<u32>(min(DV_ROWS, N - blockIdx.x * DV_ROWS) * a.H * 2));
         __syncthreads();
-        if constexpr (WROWS) {
-            if (warp < KSLICES) dv_fetch_w_rows(a, wsm, wstride, smem_addr(&wbar[0]), N);
-        } else {
-            if (warp < KSLICES) dv_fetch_w(a, wsm, wstride, smem_addr(&wbar[warp]), warp, N);
-        }
+        if (warp < KSLICES) dv_fetch_w(a, wsm, wstride, smem_addr(&wbar[warp]), warp, N);
     } else {
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
     griddep_wait();
     if constexpr (PRO) dv_load_x<MT>(xr, wn, a, t0, live, 0);
-    if constexpr (TRIG == 0) griddep_launch_dependents();
+    griddep_launch_dependents();
     if constexpr (WSMEM) dv_zero_w_tail(a, wsm, wstride, Hp);
     if constexpr (PRO) dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
     if constexpr (PRO || WSMEM) __syncthreads();
-    if constexpr (TRIG == 1) griddep_launch_dependents();
-    if constexpr (WSMEM) mbar_wait(smem_addr(&wbar[WROWS ? 0 : slice]), 0);
+    if constexpr (WSMEM) mbar_wait(smem_addr(&wbar[slice]), 0);
     const unsigned char* wfrag = wsm + (grp * 8 + g) * wstride + c * 16;  // + 64 per chunk (WSMEM)
 
     // Row bases of this lane's A fragments; unit (ch*4 + c) of row r sits at
@@ -954,12 +937,8 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
 
 // MINB: blocks per SM the registers must allow (2: one of the next grid beside a running one).
 #define FG_DV_KERNEL(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL)                              \
-    FG_DV_KERNEL_T(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL, 0)
-#define FG_DV_KERNEL_T(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL, TRIG)                      \
-    FG_DV_KERNEL_X(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL, TRIG, false)
-#define FG_DV_KERNEL_X(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB, ABL, TRIG, WROWS)               \
     extern "C" __global__ void __launch_bounds__(fg::DV_THREADS, MINB) NAME(FG_PARAMS) {           \
-        fg::dv_kernel<NORM, FAULT, MT, CHAINS, WSMEM, ABL, TRIG, WROWS>(FG_ARGS);                  \
+        fg::dv_kernel<NORM, FAULT, MT, CHAINS, WSMEM, ABL>(FG_ARGS);                               \
     }
 
 // The timing-only ablations of one variant's __dec16 (DvAblation). KEY names the module they are
@@ -969,12 +948,7 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_PROLOGUE)          \
     FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_MMA)               \
     FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_REDUCE)            \
-    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)              \
-    FG_DV_KERNEL_T(NAME##__dec16_trig1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_FULL, 1)          \
-    FG_DV_KERNEL_T(NAME##__dec32_trig1, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_FULL, 1)          \
-    FG_DV_KERNEL_X(NAME##__dec16_rows, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_FULL, 0, true)     \
-    FG_DV_KERNEL_X(NAME##__dec32_rows, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_FULL, 0, true)     \
-    FG_DV_KERNEL_X(NAME##__dec16_abl4rows, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W, 0, true)
+    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)
 
 #define FG_F32_VARIANT(NAME, FAULT)                                                                \
     template <class C>                                                                             \
