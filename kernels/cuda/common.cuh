@@ -83,6 +83,17 @@ __device__ __forceinline__ void prefetch_l1(const void* p) {
 __device__ __forceinline__ uint4 ldg16(const void* p) {
     return __ldg(reinterpret_cast<const uint4*>(p));
 }
+// A 16-byte load of data the previous grid may have written (an activation, in a chained launch):
+// coherent, never ld.global.nc, which the compiler may schedule above griddepcontrol.wait (it did:
+// NOTES.md v11).
+__device__ __forceinline__ uint4 ldg16_fresh(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p)
+                 : "memory");
+    return r;
+}
 __device__ __forceinline__ uint4 lds16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 __device__ __forceinline__ void sts16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 

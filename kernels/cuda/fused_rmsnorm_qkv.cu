@@ -595,7 +595,8 @@ __device__ __forceinline__ void dv_zero_w_tail(const Args& a, unsigned char* wsm
 constexpr int DV_UPL = 4;
 
 // Loads segment `seg` of the lane's x units for the warp's MT tokens (rows warp + 16 i of the
-// block's tile; nothing for rows past T) and of the norm weight.
+// block's tile; nothing for rows past T; coherent loads: x may come from the previous grid) and of
+// the norm weight.
 template <int MT>
 __device__ __forceinline__ void dv_load_x(uint4 (&xr)[MT][DV_UPL], uint4 (&wn)[DV_UPL], const Args& a, int t0, int live,
                                           int seg) {
@@ -606,7 +607,8 @@ __device__ __forceinline__ void dv_load_x(uint4 (&xr)[MT][DV_UPL], uint4 (&wn)[D
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
             const int rr = warp + 16 * i;
-            xr[i][j] = rr < live && k < a.H ? ldg16(a.x + static_cast<size_t>(t0 + rr) * a.H + k) : make_uint4(0, 0, 0, 0);
+            xr[i][j] =
+                rr < live && k < a.H ? ldg16_fresh(a.x + static_cast<size_t>(t0 + rr) * a.H + k) : make_uint4(0, 0, 0, 0);
         }
         wn[j] = warp < live && k < a.H ? ldg16(a.w_norm + k) : make_uint4(0, 0, 0, 0);
     }

@@ -500,6 +500,31 @@ fn main() -> ExitCode {
         }
     }
 
+    // Chained launches wait for their predecessor before reading x: a late writer of x runs first.
+    let mut chain_lines: Vec<String> = Vec::new();
+    for &e in entries.iter().filter(|_| !timing_only) {
+        for t in [1usize, 5, 32] {
+            let s = Shape::qwen3_06b(t);
+            if !gpu.chains(e, &s) {
+                continue;
+            }
+            let (w, x, x_late) = (weights(&s, 515), activations(&s, 515), activations(&s, 516));
+            let inp = OpInputs { shape: s, x: &x, weights: &w, eps: 1e-6 };
+            let verdict = match gpu.chained_waits_for_x(e, &inp, &x_late) {
+                Ok(true) => "waits".to_string(),
+                Ok(false) => {
+                    failures.push(format!("{} T={t}: a chained launch read x before its predecessor wrote it", e.name));
+                    "READ x EARLY".to_string()
+                }
+                Err(err) => {
+                    failures.push(format!("{} T={t} chained: {err}", e.name));
+                    format!("error: {err}")
+                }
+            };
+            chain_lines.push(format!("  {:<20} T={t:<3} {verdict}", e.name));
+        }
+    }
+
     // Timings: graph replays (hot: one buffer set; cold: rotated copies), plus the legacy
     // single-launch events after a flush. A failing row is reported and the rest still run.
     let only = list_arg(&args, "--entries");
@@ -551,6 +576,12 @@ fn main() -> ExitCode {
             r.err_cpu,
             if r.deterministic { "yes" } else { "NO" }
         );
+    }
+    if !chain_lines.is_empty() {
+        println!("\nchained launch after a late writer of x (must wait for it):");
+        for l in &chain_lines {
+            println!("{l}");
+        }
     }
     println!("\nbatch invariance (elements of rows 0..8 differing from the T=1 run), by T:");
     for (name, per_t) in &inv {

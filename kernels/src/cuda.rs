@@ -47,6 +47,7 @@ pub const COMMON_CUH: &str = include_str!("../cuda/common.cuh");
 pub const FUSED_CU: &str = include_str!("../cuda/fused_rmsnorm_qkv.cu");
 /// The standard path's HF RMSNorm and q/k/v split kernels.
 pub const RMSNORM_CU: &str = include_str!("../cuda/rmsnorm.cu");
+pub const PROBES_CU: &str = include_str!("../cuda/probes.cu");
 
 /// bf16 quiet NaN: outputs start as this, so an element no kernel wrote stays visible.
 pub const BF16_POISON: u16 = 0x7FC0;
@@ -56,15 +57,18 @@ pub const BF16_POISON: u16 = 0x7FC0;
 pub enum Source {
     Fused,
     Rmsnorm,
+    /// Kernels that test the launch machinery (`probes.cu`).
+    Probes,
 }
 
 impl Source {
-    pub const ALL: [Source; 2] = [Source::Fused, Source::Rmsnorm];
+    pub const ALL: [Source; 3] = [Source::Fused, Source::Rmsnorm, Source::Probes];
 
     pub fn file_name(self) -> &'static str {
         match self {
             Source::Fused => "fused_rmsnorm_qkv.cu",
             Source::Rmsnorm => "rmsnorm.cu",
+            Source::Probes => "probes.cu",
         }
     }
 
@@ -73,6 +77,7 @@ impl Source {
         let body = match self {
             Source::Fused => FUSED_CU,
             Source::Rmsnorm => RMSNORM_CU,
+            Source::Probes => PROBES_CU,
         };
         body.replacen("#include \"common.cuh\"", COMMON_CUH, 1)
     }
@@ -888,6 +893,46 @@ impl Cuda {
         let st = &self.stream;
         let vec16 = s.h.is_multiple_of(8) && (x.ptr(st) | w_norm.ptr(st) | w_qkv.ptr(st)).is_multiple_of(16);
         Ok(Prepared { entry, shape: s, eps: inp.eps, x, w_norm, w_qkv, q, k, v, b, inv_rms, gemm_out, vec16, plan })
+    }
+
+    /// Whether a chained launch of `entry` waits for its predecessor before it reads x: a kernel
+    /// that releases it at once and writes `x_late` over x ~10 us later runs first, then the
+    /// chained launch, whose q, k, v must equal a serial launch's on `x_late`, bit for bit. (The
+    /// bench's graphs cannot show this: there nothing writes x between launches.)
+    pub fn chained_waits_for_x(
+        &self,
+        entry: &'static Entry,
+        inp: &OpInputs,
+        x_late: &[bf16],
+    ) -> Result<bool, BackendError> {
+        let s = inp.shape;
+        if x_late.len() != s.t * s.h || !(s.t * s.h).is_multiple_of(8) {
+            return Err(BackendError::BadInput(format!("x_late: {} elements for a {}x{} x", x_late.len(), s.t, s.h)));
+        }
+        let mut chained = self.prepare_with(entry, inp, false, Launch::Chained)?;
+        self.poison(&mut chained)?;
+        let late = self.upload(x_late, "x_late")?;
+        let writer = self.function(Source::Probes, None, "fusegate_late_writer", 0)?;
+        let st = &self.stream;
+        let (mut dst, mut src) = (chained.x.ptr(st), late.ptr(st));
+        let mut n16 = (s.t * s.h / 8) as i32;
+        let mut spin: i64 = 20_000; // clock cycles: ~10 us at 2 GHz, far longer than a launch
+        let mut args: [*mut c_void; 4] = [
+            (&mut dst as *mut u64).cast(),
+            (&mut src as *mut u64).cast(),
+            (&mut n16 as *mut i32).cast(),
+            (&mut spin as *mut i64).cast(),
+        ];
+        // SAFETY: fusegate_late_writer(uint4* dst, const uint4* src, int n16, long long spin); dst
+        // and src hold T*H bf16 = n16 16-byte units (DevBuf is 16-byte aligned).
+        unsafe { drv::launch_kernel(writer.cu_function(), (4, 1, 1), (256, 1, 1), 0, st.cu_stream(), &mut args) }
+            .map_err(|e| device_err("launching fusegate_late_writer", e))?;
+        self.launch(&chained)?;
+        let got = self.download(&chained)?;
+        let serial = self.prepare(entry, &OpInputs { x: x_late, ..*inp }, false)?;
+        self.launch(&serial)?;
+        let want = self.download(&serial)?;
+        Ok(Stage::C.iter().all(|st| got.get(st) == want.get(st)))
     }
 
     /// Overwrites the prepared x with new activations of the same shape (no reallocation, so a

@@ -113,7 +113,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         print_compare(&load_bench(old)?, &run, a.force)?;
     }
     if bad > 0 {
-        eprintln!("error: {bad} measurements are measurement errors (faster than the floor): see the JSON");
+        eprintln!(
+            "error: {bad} measurements are unusable (faster than the floor, or wrong): see their status in the JSON"
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

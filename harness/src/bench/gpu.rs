@@ -12,7 +12,8 @@
 //! - Samples faster than the roofline floor are flagged as measurement errors.
 //! - Chained ([`Launch::Chained`]): the same graphs with every launch chained to the one before
 //!   (programmatic dependent launch), so a launch overlaps its predecessor's tail as it would
-//!   beside other PDL kernels in a serving stack; the check compares with a serial direct launch.
+//!   beside other PDL kernels in a serving stack; the check compares with a serial direct launch,
+//!   and a chained launch after a late writer of x must see the written x (it waits).
 
 use crate::bench::nvml::{Gpu, PeakSampler};
 use crate::bench::schema::{Cache, Conditions, Launch, Measurement, Memory};
@@ -187,6 +188,10 @@ impl Sampler<'_> {
         };
         let use_graph = copies <= 64;
         let x = synth::activations(&shape, self.seed);
+        let waits = launch == Launch::Serial || {
+            let late = synth::activations(&shape, self.seed ^ 0x1a7e);
+            cuda.chained_waits_for_x(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, &late)?
+        };
         let mut preps = Vec::new();
         // Each cold copy gets its own device buffers (same values: the work is identical).
         for _ in 0..if use_graph { copies } else { 1 } {
@@ -246,7 +251,9 @@ impl Sampler<'_> {
         let est = Estimate::from_samples(&samples)
             .ok_or_else(|| BackendError::Device(format!("{} T={}: fewer than 5 samples", entry.name, shape.t)))?;
         let below = samples.iter().filter(|&&s| s < floor_us).count();
-        let status = if below > 0 {
+        let status = if !waits {
+            "wrong: a chained launch read x before its predecessor had written it".to_string()
+        } else if below > 0 {
             format!("measurement error: {below} samples faster than the {floor_us:.2} us floor")
         } else {
             "ok".to_string()
