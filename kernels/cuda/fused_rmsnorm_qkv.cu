@@ -693,7 +693,9 @@ enum DvAblation {
     DV_NO_PROLOGUE = 1,  // no x / norm-weight loads, no normalisation, no first barrier
     DV_NO_MMA = 2,       // W and the operand consumed by integer XORs instead of MMAs
     DV_NO_REDUCE = 3,    // no cross-slice reduction: every warp stores its own partial sums
-    DV_ONLY_W = 4        // 1 and 2 together: W loads, XORs, reduction and stores
+    DV_ONLY_W = 4,       // 1 and 2 together: W loads, XORs, reduction and stores
+    DV_EARLY_X = 5       // x loaded BEFORE griddepcontrol.wait: a chained-launch bug on purpose, for
+                         // the late-writer probe (Cuda::chained_waits_for_x) to catch
 };
 
 // CHAINS = 2 (mixed and its mutants): inside a slice, even and odd chunks accumulate in two MMA
@@ -739,8 +741,9 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     } else {
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
+    if constexpr (ABL == DV_EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
     griddep_wait();
-    if constexpr (PRO) dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    if constexpr (PRO && ABL != DV_EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
     griddep_launch_dependents();
     if constexpr (WSMEM) dv_zero_w_tail(a, wsm, wstride, Hp);
     if constexpr (PRO) dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
@@ -950,7 +953,9 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_PROLOGUE)          \
     FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_MMA)               \
     FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_REDUCE)            \
-    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)
+    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)              \
+    FG_DV_KERNEL(NAME##__dec16_early, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_EARLY_X)            \
+    FG_DV_KERNEL(NAME##__dec32_early, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_EARLY_X)
 
 #define FG_F32_VARIANT(NAME, FAULT)                                                                \
     template <class C>                                                                             \

@@ -12,6 +12,9 @@
 //!     [--entries mixed,exact] [--ts 1,32]   (timing: only these variants / token counts)
 //!     [--chained]                     (timing: launch chained (PDL) where the kernel allows it)
 //!
+//!   cuda_check --chain-probe [--entries exact]   only the late-writer probe of chained launches
+//!                                    (with FUSEGATE_DEC_VARIANT=_early: exact's kernel that reads x
+//!                                    before its wait, which the probe must catch)
 //!   cuda_check --profile ENTRY T...  only launch ENTRY at each T (3 times), for ncu
 //!   cuda_check --calibrate           graph timings of reference kernels over an 8 MiB W: an empty
 //!                                    kernel, W streamed with the decode kernels' geometry, W
@@ -327,6 +330,7 @@ fn main() -> ExitCode {
         return calibrate();
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let chain_only = args.iter().any(|a| a == "--chain-probe");
     let timing_only = args.iter().any(|a| a == "--timing-only");
     let timing = !quick && !args.iter().any(|a| a == "--no-timing");
 
@@ -343,7 +347,7 @@ fn main() -> ExitCode {
     let mut failures: Vec<String> = Vec::new();
     let mut rows: Vec<Row> = Vec::new();
 
-    for case in cases(quick).into_iter().filter(|_| !timing_only) {
+    for case in cases(quick).into_iter().filter(|_| !timing_only && !chain_only) {
         let s = case.shape;
         let w = weights(&s, case.seed);
         let x = activations(&s, case.seed);
@@ -453,7 +457,7 @@ fn main() -> ExitCode {
         let big = Shape::qwen3_06b(if quick { 64 } else { 2048 });
         let w = weights(&big, 4242);
         let x = activations(&big, 4242);
-        for &e in entries.iter().filter(|_| !timing_only) {
+        for &e in entries.iter().filter(|_| !timing_only && !chain_only) {
             let mut singles: Vec<Observed> = Vec::new();
             let mut ok = true;
             for i in 0..8 {
@@ -502,7 +506,9 @@ fn main() -> ExitCode {
 
     // Chained launches wait for their predecessor before reading x: a late writer of x runs first.
     let mut chain_lines: Vec<String> = Vec::new();
-    for &e in entries.iter().filter(|_| !timing_only) {
+    let probe_only = list_arg(&args, "--entries");
+    let probed = |e: &Entry| probe_only.as_ref().is_none_or(|o| o.iter().any(|n| n == e.name));
+    for &e in entries.iter().filter(|e| !timing_only && probed(e)) {
         for t in [1usize, 5, 32] {
             let s = Shape::qwen3_06b(t);
             if !gpu.chains(e, &s) {
