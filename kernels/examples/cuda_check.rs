@@ -332,7 +332,7 @@ fn main() -> ExitCode {
     let quick = args.iter().any(|a| a == "--quick");
     let chain_only = args.iter().any(|a| a == "--chain-probe");
     let timing_only = args.iter().any(|a| a == "--timing-only");
-    let timing = !quick && !args.iter().any(|a| a == "--no-timing");
+    let timing = !quick && !chain_only && !args.iter().any(|a| a == "--no-timing");
 
     let gpu = match Cuda::probe() {
         Ok(g) => g,
