@@ -896,7 +896,7 @@ impl Cuda {
     }
 
     /// Whether a chained launch of `entry` waits for its predecessor before it reads x: a kernel
-    /// that releases it at once and writes `x_late` over x ~10 us later runs first, then the
+    /// that releases it at once and writes `x_late` over x ~100 us later runs first, then the
     /// chained launch, whose q, k, v must equal a serial launch's on `x_late`, bit for bit. (The
     /// bench's graphs cannot show this: there nothing writes x between launches.)
     pub fn chained_waits_for_x(
@@ -918,7 +918,9 @@ impl Cuda {
         let st = &self.stream;
         let (mut dst, mut src) = (chained.x.ptr(st), late.ptr(st));
         let mut n16 = (s.t * s.h / 8) as i32;
-        let mut spin: i64 = 20_000; // clock cycles: ~10 us at 2 GHz, far longer than a launch
+        // Clock cycles: ~100 us at 2 GHz. 20,000 (~10 us) let an early read at T = 1 slip past
+        // unseen once on an H100 (run 16).
+        let mut spin: i64 = 200_000;
         let mut args: [*mut c_void; 4] = [
             (&mut dst as *mut u64).cast(),
             (&mut src as *mut u64).cast(),
