@@ -958,32 +958,11 @@ fn calibrate_on(gpu: &Cuda) -> Result<(), String> {
                     let mut args: [*mut std::ffi::c_void; 3] =
                         [(&mut wp as *mut u64).cast(), (&mut op as *mut u64).cast(), (&mut h as *mut i32).cast()];
                     // SAFETY: (const uint4*, unsigned*, int) as the kernels declare; the buffers hold
-                    // 8 MiB (read) and 4096 words (never written in practice); `attr` and `cfg`
-                    // outlive the call.
+                    // 8 MiB (read) and 4096 words (never written in practice); the chained ones
+                    // read nothing another kernel writes.
                     let r = unsafe {
                         if chained {
-                            let mut attr: cudarc::driver::sys::CUlaunchAttribute = std::mem::zeroed();
-                            attr.id = cudarc::driver::sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-                            attr.value.programmaticStreamSerializationAllowed = 1;
-                            let cfg = cudarc::driver::sys::CUlaunchConfig {
-                                gridDimX: grid.0,
-                                gridDimY: grid.1,
-                                gridDimZ: grid.2,
-                                blockDimX: block,
-                                blockDimY: 1,
-                                blockDimZ: 1,
-                                sharedMemBytes: 0,
-                                hStream: st.cu_stream(),
-                                attrs: &mut attr,
-                                numAttrs: 1,
-                            };
-                            cudarc::driver::sys::cuLaunchKernelEx(
-                                &cfg,
-                                f.cu_function(),
-                                args.as_mut_ptr(),
-                                std::ptr::null_mut(),
-                            )
-                            .result()
+                            cuda::launch_chained(f.cu_function(), grid, block, 0, st.cu_stream(), &mut args)
                         } else {
                             drv::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, st.cu_stream(), &mut args)
                         }

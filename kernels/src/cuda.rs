@@ -556,6 +556,41 @@ fn decode_rule_from_env(cc: (i32, i32)) -> DecodeRule {
     }
 }
 
+/// Launches `func` with programmatic stream serialization ([`Launch::Chained`]): it may start
+/// before the previous kernel on `stream` has finished.
+///
+/// # Safety
+/// As `cuLaunchKernelEx`: `args` match the kernel's parameters, and grid, block and shared memory
+/// its launch rule; the kernel must not read what the previous kernel writes before its
+/// griddepcontrol.wait.
+pub unsafe fn launch_chained(
+    func: sys::CUfunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    stream: sys::CUstream,
+    args: &mut [*mut c_void],
+) -> Result<(), cudarc::driver::DriverError> {
+    // SAFETY: an all-zero launch attribute is valid plain data; id and value are set next.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream,
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: the caller's contract; `cfg` and `attr` outlive the call.
+    unsafe { sys::cuLaunchKernelEx(&cfg, func, args.as_mut_ptr(), std::ptr::null_mut()) }.result()
+}
+
 /// Blocks of `func` one SM holds at once; a kernel that fits none is an error naming it.
 fn occupancy(func: &CudaFunction, name: &str, threads: u32, smem: u32) -> Result<u32, BackendError> {
     let per_sm = func
@@ -1002,26 +1037,9 @@ impl Cuda {
                     (&mut eps as *mut f32).cast(),
                 ];
                 if *pdl {
-                    // SAFETY: an all-zero launch attribute is valid plain data; id and value are set next.
-                    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-                    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-                    attr.value.programmaticStreamSerializationAllowed = 1;
-                    let cfg = sys::CUlaunchConfig {
-                        gridDimX: grid.0,
-                        gridDimY: grid.1,
-                        gridDimZ: grid.2,
-                        blockDimX: *block,
-                        blockDimY: 1,
-                        blockDimZ: 1,
-                        sharedMemBytes: *smem,
-                        hStream: st.cu_stream(),
-                        attrs: &mut attr,
-                        numAttrs: 1,
-                    };
-                    // SAFETY: as below; `cfg` and `attr` outlive the call, and the kernel waits
-                    // (griddepcontrol.wait) for the previous grid before it reads x or writes.
-                    unsafe { sys::cuLaunchKernelEx(&cfg, func.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
-                        .result()
+                    // SAFETY: as below, and the kernel waits (griddepcontrol.wait) for the previous
+                    // grid before it reads x or writes.
+                    unsafe { launch_chained(func.cu_function(), *grid, *block, *smem, st.cu_stream(), &mut args) }
                         .map_err(|e| device_err(format!("launching {name} (PDL)"), e))?;
                 } else {
                     // SAFETY: the arguments match the fused ABI (FG_PARAMS) in order and type, the

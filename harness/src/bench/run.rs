@@ -126,8 +126,15 @@ pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(&str)) -> Result<Bench
         ceil.bf16_flops / 1e12,
         if cached { " (cached ceilings)" } else { " (measured now)" }
     ));
-    let sampler =
-        Sampler { cuda, gpu: gpu.clone(), ceilings: ceil, l2_bytes: fp.l2_bytes, stop: opts.stop, seed: opts.seed };
+    let sampler = Sampler {
+        cuda,
+        gpu: gpu.clone(),
+        ceilings: ceil,
+        l2_bytes: fp.l2_bytes,
+        stop: opts.stop,
+        seed: opts.seed,
+        chained_waits: Default::default(),
+    };
     let weights = synth::weights(&Shape::qwen3_06b(1), opts.seed);
     let mut measurements = Vec::new();
     let mut plan = Vec::new();
