@@ -111,29 +111,32 @@ __device__ __forceinline__ void mma_convert(const Args& a, bf16* X, const bf16* 
     }
 }
 
-template <int NORM, int FAULT, class C>
-__device__ __forceinline__ void mma_kernel(const Args a) {
-    extern __shared__ uint4 fg_smem[];
-    __shared__ float s_r[C::BT];
-    check_launch(C::THREADS, C::SMEM);
-    bf16* smem = reinterpret_cast<bf16*>(fg_smem);
+// The tile kernels' schedule and loader (both families): block x takes N-tiles [nt_begin, nt_end)
+// of T-tile blockIdx.y (the launch rule above) and walks (N-tile, k-tile) with plain counters;
+// issue() brings the next stage (x tile [BT][BK], W tile [BN][BK], norm weight [BK]) into the
+// S-stage cp.async ring, S-1 stages ahead of the consumer, which walks in the same order.
+template <class C>
+struct TileRing {
+    bool vec;
+    int N, nt_begin, nt_end, t0, KT, iters;
+    int ld_j = 0, ld_nt = 0, ld_kt = 0;
 
-    const bool vec = vec16_ok(a);
-    const int N = (a.Nq + 2 * a.Nkv) * a.D;
-    const int tiles_n = (N + C::BN - 1) / C::BN;
-    const int npb = (tiles_n + gridDim.x - 1) / gridDim.x;
-    const int nt_begin = blockIdx.x * npb, nt_end = min(nt_begin + npb, tiles_n);
-    if (nt_begin >= nt_end) return;
-    const int t0 = blockIdx.y * C::BT;
-    const int KT = (a.H + C::BK - 1) / C::BK;
-    const int iters = (nt_end - nt_begin) * KT;
-
-    // Stage s: x tile [BT][BK], W tile [BN][BK], norm weight [BK]. The loader runs S-1 tiles
-    // ahead of the consumer; both walk (N-tile, k-tile) in the same order with plain counters.
-    int ld_j = 0, ld_nt = nt_begin, ld_kt = 0;
-    auto issue = [&]() {
+    __device__ __forceinline__ explicit TileRing(const Args& a) {
+        vec = vec16_ok(a);
+        N = (a.Nq + 2 * a.Nkv) * a.D;
+        const int tiles_n = (N + C::BN - 1) / C::BN;
+        const int npb = (tiles_n + gridDim.x - 1) / gridDim.x;
+        nt_begin = blockIdx.x * npb, nt_end = min(nt_begin + npb, tiles_n);
+        t0 = blockIdx.y * C::BT;
+        KT = (a.H + C::BK - 1) / C::BK;
+        iters = (nt_end - nt_begin) * KT;
+        ld_nt = nt_begin;
+    }
+    // No N-tile for this block (the grid's last blocks when tiles do not divide evenly).
+    __device__ __forceinline__ bool idle() const { return nt_begin >= nt_end; }
+    __device__ __forceinline__ void issue(const Args& a, bf16* ring) {
         if (ld_j < iters) {
-            bf16* st = smem + (ld_j % C::S) * C::STAGE;
+            bf16* st = ring + (ld_j % C::S) * C::STAGE;
             load_tile<C::BT, C::BK, C::THREADS>(st, a.x, a.T, a.H, t0, ld_kt * C::BK, vec);
             load_tile<C::BN, C::BK, C::THREADS>(st + C::BT * C::BK, a.w_qkv, N, a.H, ld_nt * C::BN, ld_kt * C::BK, vec);
             load_wnorm<C::BK>(st + (C::BT + C::BN) * C::BK, a, ld_kt * C::BK, vec);
@@ -141,7 +144,21 @@ __device__ __forceinline__ void mma_kernel(const Args a) {
         cp_async_commit();  // possibly empty: keeps the group count arithmetic uniform
         ++ld_j;
         if (++ld_kt == KT) ld_kt = 0, ++ld_nt;
-    };
+    }
+};
+
+template <int NORM, int FAULT, class C>
+__device__ __forceinline__ void mma_kernel(const Args a) {
+    extern __shared__ uint4 fg_smem[];
+    __shared__ float s_r[C::BT];
+    check_launch(C::THREADS, C::SMEM);
+    bf16* smem = reinterpret_cast<bf16*>(fg_smem);
+
+    TileRing<C> ring(a);
+    if (ring.idle()) return;
+    const bool vec = ring.vec;
+    const int N = ring.N, nt_begin = ring.nt_begin, t0 = ring.t0, KT = ring.KT, iters = ring.iters;
+    auto issue = [&]() { ring.issue(a, smem); };
 #pragma unroll
     for (int j = 0; j < C::S - 1; ++j) issue();
 
@@ -289,28 +306,11 @@ __device__ __forceinline__ void f32_kernel(const Args a) {
     float* op = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(fg_smem) + C::RAW);  // [BK][BT+PAD]
     float* wf = op + C::BK * (C::BT + C::PAD);                                                  // [BK][BN+PAD]
 
-    const bool vec = vec16_ok(a);
-    const int N = (a.Nq + 2 * a.Nkv) * a.D;
-    const int tiles_n = (N + C::BN - 1) / C::BN;
-    const int npb = (tiles_n + gridDim.x - 1) / gridDim.x;
-    const int nt_begin = blockIdx.x * npb, nt_end = min(nt_begin + npb, tiles_n);
-    if (nt_begin >= nt_end) return;
-    const int t0 = blockIdx.y * C::BT;
-    const int KT = (a.H + C::BK - 1) / C::BK;
-    const int iters = (nt_end - nt_begin) * KT;
-
-    int ld_j = 0, ld_nt = nt_begin, ld_kt = 0;
-    auto issue = [&]() {
-        if (ld_j < iters) {
-            bf16* st = raw + (ld_j % C::S) * C::STAGE;
-            load_tile<C::BT, C::BK, C::THREADS>(st, a.x, a.T, a.H, t0, ld_kt * C::BK, vec);
-            load_tile<C::BN, C::BK, C::THREADS>(st + C::BT * C::BK, a.w_qkv, N, a.H, ld_nt * C::BN, ld_kt * C::BK, vec);
-            load_wnorm<C::BK>(st + (C::BT + C::BN) * C::BK, a, ld_kt * C::BK, vec);
-        }
-        cp_async_commit();
-        ++ld_j;
-        if (++ld_kt == KT) ld_kt = 0, ++ld_nt;
-    };
+    TileRing<C> ring(a);
+    if (ring.idle()) return;
+    const bool vec = ring.vec;
+    const int N = ring.N, nt_begin = ring.nt_begin, t0 = ring.t0, KT = ring.KT, iters = ring.iters;
+    auto issue = [&]() { ring.issue(a, raw); };
 #pragma unroll
     for (int j = 0; j < C::S - 1; ++j) issue();
 
