@@ -294,9 +294,11 @@ fn cases(quick: bool) -> Vec<Case> {
             Case { label: "odd H=769 T=37".into(), shape: Shape { t: 37, h: 769, nq: 4, nkv: 2, d: 64 }, seed: 77 },
             Case { label: "H=1000 T=300".into(), shape: Shape { t: 300, h: 1000, nq: 4, nkv: 2, d: 32 }, seed: 5 },
             Case { label: "qwen T=5".into(), shape: Shape::qwen3_06b(5), seed: 1005 },
+            // __dec32's second pass, and a block whose second pass has no token.
+            Case { label: "qwen T=40".into(), shape: Shape::qwen3_06b(40), seed: 1040 },
         ];
     }
-    let mut v: Vec<Case> = [1usize, 5, 32, 128, 256, 2048]
+    let mut v: Vec<Case> = [1usize, 5, 20, 32, 40, 128, 256, 2048]
         .iter()
         .map(|&t| Case { label: format!("qwen T={t}"), shape: Shape::qwen3_06b(t), seed: 1000 + t as u64 })
         .collect();
