@@ -262,12 +262,19 @@ fn t_is_mutant(trials: &[&TrialReport]) -> bool {
 fn note(t: &TrialReport) -> String {
     match (&t.outcome, &t.invariance) {
         (Outcome::Failed(r) | Outcome::Ignored(r), _) => first_line(r),
-        (Outcome::Passed, Some(inv)) => format!(
-            "deterministic: {}, batch-invariant: {} (T in {:?})",
-            yes(inv.deterministic),
-            yes(inv.batch_invariant),
-            inv.token_counts
-        ),
+        (Outcome::Passed, Some(inv)) => {
+            let mut line = format!(
+                "deterministic: {}, batch-invariant: {} (T in {:?})",
+                yes(inv.deterministic),
+                yes(inv.batch_invariant),
+                inv.token_counts
+            );
+            if !inv.chained.is_empty() {
+                let ts: Vec<usize> = inv.chained.iter().map(|c| c.t).collect();
+                line += &format!(", chained launches wait: {} (T in {ts:?})", yes(inv.chains_safely()));
+            }
+            line
+        }
         (Outcome::Passed, None) => match &t.verdict {
             Some(crate::verdict::Verdict::Fail { reasons }) => {
                 format!("rejected: {}", first_line(&reasons[0]))

@@ -28,7 +28,7 @@ pub enum Check {
 pub fn checks_for(entry: &Entry) -> (bool, bool) {
     match (entry.role, entry.fault) {
         (Role::Variant, _) => (true, true),
-        (_, Some(Fault::BatchVariantOrder { .. } | Fault::RunVariantOrder)) => (false, true),
+        (_, Some(Fault::BatchVariantOrder { .. } | Fault::RunVariantOrder | Fault::ReadsXEarly)) => (false, true),
         _ => (true, false),
     }
 }

@@ -24,7 +24,9 @@ enum Norm {
 // How a mutant breaks (registry.rs Fault).
 enum Fault {
     FAULT_NONE = 0,
-    FAULT_UNWRITTEN = 1  // q's middle element (flat index T*Nq*D/2) is never stored
+    FAULT_UNWRITTEN = 1,  // q's middle element (flat index T*Nq*D/2) is never stored
+    FAULT_EARLY_X = 2     // decode kernels read x BEFORE griddepcontrol.wait: right in a serial
+                          // launch, a race when chained (the late-writer probe must catch it)
 };
 
 // The kernel ABI every fused wrapper shares, gathered in one struct.
@@ -130,15 +132,6 @@ __device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u3
                              dst),
                          "l"(src), "r"(bytes), "r"(bar)
                          : "memory"));
-}
-
-// A hint to bring [p, p + bytes) into L2 (p and bytes multiples of 16). No effect on what any
-// load returns: L2 is where every SM's writes meet, so it may be issued before
-// griddepcontrol.wait on data the previous grid is still writing. Nothing below sm_90.
-__device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
 }
 
 // Programmatic dependent launch (sm_90; both are no-ops when the grid was launched without the

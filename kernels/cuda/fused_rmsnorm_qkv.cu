@@ -693,20 +693,8 @@ enum DvAblation {
     DV_NO_PROLOGUE = 1,  // no x / norm-weight loads, no normalisation, no first barrier
     DV_NO_MMA = 2,       // W and the operand consumed by integer XORs instead of MMAs
     DV_NO_REDUCE = 3,    // no cross-slice reduction: every warp stores its own partial sums
-    DV_ONLY_W = 4,       // 1 and 2 together: W loads, XORs, reduction and stores
-    DV_EARLY_X = 5,      // x loaded BEFORE griddepcontrol.wait: a chained-launch bug on purpose, for
-                         // the late-writer probe (Cuda::chained_waits_for_x) to catch
-    DV_PREFETCH = 6,     // run 20: x and the norm weight asked into L2 at the start (a hint)
-    DV_PREFETCH_EARLY_RELEASE = 7,  // run 20: that, and the next grid released before the wait
-    DV_EARLY_RELEASE = 8            // run 20: the next grid released before the wait (v9's point)
+    DV_ONLY_W = 4        // 1 and 2 together: W loads, XORs, reduction and stores
 };
-
-// This block's share of [p, p + bytes) (bytes a multiple of 16) towards L2: the grid's blocks
-// along x split it in 128-byte lines, so each line is asked for once.
-__device__ __forceinline__ void dv_prefetch_share(const void* p, int bytes) {
-    const int share = ((bytes + gridDim.x - 1) / gridDim.x + 127) & ~127, lo = blockIdx.x * share;
-    if (lo < bytes) bulk_prefetch_l2(static_cast<const unsigned char*>(p) + lo, static_cast<u32>(min(share, bytes - lo)));
-}
 
 // CHAINS = 2 (mixed and its mutants): inside a slice, even and odd chunks accumulate in two MMA
 // chains, added at the end (a k-order of their own: mixed may be batch-variant). CHAINS = 1
@@ -742,14 +730,6 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     const int nch = (a.H + 31) / 32;
     const int c_lo = ks_lo(slice, nch), c_hi = ks_lo(slice + 1, nch);
 
-    constexpr bool PF = ABL == DV_PREFETCH || ABL == DV_PREFETCH_EARLY_RELEASE;
-    constexpr bool EARLY_REL = ABL == DV_PREFETCH_EARLY_RELEASE || ABL == DV_EARLY_RELEASE;
-    if constexpr (PF) {
-        if (threadIdx.x == 0) {
-            dv_prefetch_share(a.x + static_cast<size_t>(t0) * a.H, live * a.H * 2);
-            dv_prefetch_share(a.w_norm, a.H * 2);
-        }
-    }
     // W first (all of the block's W in flight from the start), then the previous grid, then x.
     uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
     if constexpr (WSMEM) {
@@ -759,11 +739,11 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     } else {
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
-    if constexpr (EARLY_REL) griddep_launch_dependents();
-    if constexpr (ABL == DV_EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    constexpr bool EARLY_X = FAULT == FAULT_EARLY_X;  // mutant-early-x's defect
+    if constexpr (PRO && EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
     griddep_wait();
-    if constexpr (PRO && ABL != DV_EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
-    if constexpr (!EARLY_REL) griddep_launch_dependents();
+    if constexpr (PRO && !EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
+    griddep_launch_dependents();
     if constexpr (WSMEM) dv_zero_w_tail(a, wsm, wstride, Hp);
     if constexpr (PRO) dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
     if constexpr (PRO || WSMEM) __syncthreads();
@@ -972,15 +952,7 @@ __device__ __forceinline__ void dec_f32_kernel(const Args a) {
     FG_DV_KERNEL(NAME##__dec16_abl1, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_PROLOGUE)          \
     FG_DV_KERNEL(NAME##__dec16_abl2, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_MMA)               \
     FG_DV_KERNEL(NAME##__dec16_abl3, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_NO_REDUCE)            \
-    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)              \
-    FG_DV_KERNEL(NAME##__dec16_early, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_EARLY_X)            \
-    FG_DV_KERNEL(NAME##__dec16_pf, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_PREFETCH)               \
-    FG_DV_KERNEL(NAME##__dec16_pfrel, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_PREFETCH_EARLY_RELEASE) \
-    FG_DV_KERNEL(NAME##__dec16_rel, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_EARLY_RELEASE)         \
-    FG_DV_KERNEL(NAME##__dec32_early, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_EARLY_X)            \
-    FG_DV_KERNEL(NAME##__dec32_pf, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_PREFETCH)               \
-    FG_DV_KERNEL(NAME##__dec32_pfrel, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_PREFETCH_EARLY_RELEASE) \
-    FG_DV_KERNEL(NAME##__dec32_rel, NORM, FAULT, 2, CHAINS, true, 1, fg::DV_EARLY_RELEASE)
+    FG_DV_KERNEL(NAME##__dec16_abl4, NORM, FAULT, 1, CHAINS, true, 2, fg::DV_ONLY_W)
 
 #define FG_F32_VARIANT(NAME, FAULT)                                                                \
     template <class C>                                                                             \
@@ -1003,4 +975,5 @@ FG_MMA_VARIANT(fusegate_exact, fg::NORM_HF, fg::FAULT_NONE, 1)
 FG_MMA_VARIANT(mutant_round_once, fg::NORM_ONCE, fg::FAULT_NONE, 2)
 FG_MMA_VARIANT(mutant_skip_weight, fg::NORM_SKIPW, fg::FAULT_NONE, 2)
 FG_MMA_VARIANT(mutant_unwritten, fg::NORM_HF, fg::FAULT_UNWRITTEN, 2)
+FG_MMA_VARIANT(mutant_early_x, fg::NORM_HF, fg::FAULT_EARLY_X, 1)
 FG_DV_ABLATIONS(fusegate_exact_ablations, fusegate_exact, fg::NORM_HF, fg::FAULT_NONE, 1)

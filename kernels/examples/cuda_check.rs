@@ -13,8 +13,7 @@
 //!     [--chained]                     (timing: launch chained (PDL) where the kernel allows it)
 //!
 //!   cuda_check --chain-probe [--entries exact]   only the late-writer probe of chained launches
-//!                                    (with FUSEGATE_DEC_VARIANT=_early: exact's kernel that reads x
-//!                                    before its wait, which the probe must catch)
+//!                                    (mutant-early-x reads x before its wait: the probe must catch it)
 //!   cuda_check --profile ENTRY T...  only launch ENTRY at each T (3 times), for ncu
 //!   cuda_check --calibrate           graph timings of reference kernels over an 8 MiB W: an empty
 //!                                    kernel, W streamed with the decode kernels' geometry, W
@@ -24,7 +23,8 @@
 //!
 //! Exit status 1 when: a variant leaves NaN (unwritten) outputs; an HF-numerics variant is more
 //! than 2 floored ulps (below) from the CPU at q/k/v, or more than 2 ulps at B; a variant is not
-//! deterministic; exact is not batch-invariant; mutant-unwritten does NOT leave a NaN.
+//! deterministic; exact is not batch-invariant; mutant-unwritten does NOT leave a NaN; a chained
+//! launch reads x early, or mutant-early-x's early read is never caught.
 //!
 //! Floored ulps: |gpu - cpu| in ulps of max(|cpu|, rms(stage) / 64). The raw ulp distance of an
 //! output near zero (cancellation) is not a precision measure: two correct fp32-accumulating
@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use fusegate_kernels::cuda::{self, Cuda, Source};
-use fusegate_kernels::registry::{self, CudaImpl, Entry, NormRounding, Numerics, Role};
+use fusegate_kernels::registry::{self, CudaImpl, Entry, Fault, NormRounding, Numerics, Role};
 use fusegate_kernels::{Backend, Observed, OpInputs, Shape, Stage, StageData, Weights, synth};
 use half::bf16;
 use rayon::prelude::*;
@@ -510,7 +510,10 @@ fn main() -> ExitCode {
     let mut chain_lines: Vec<String> = Vec::new();
     let probe_only = list_arg(&args, "--entries");
     let probed = |e: &Entry| probe_only.as_ref().is_none_or(|o| o.iter().any(|n| n == e.name));
+    // mutant-early-x reads x before its wait on purpose: the probe must catch it at some T.
     for &e in entries.iter().filter(|e| !timing_only && probed(e)) {
+        let races = e.fault == Some(Fault::ReadsXEarly);
+        let mut caught = false;
         for t in [1usize, 5, 32] {
             let s = Shape::qwen3_06b(t);
             if !gpu.chains(e, &s) {
@@ -521,7 +524,11 @@ fn main() -> ExitCode {
             let verdict = match gpu.chained_waits_for_x(e, &inp, &x_late) {
                 Ok(true) => "waits".to_string(),
                 Ok(false) => {
-                    failures.push(format!("{} T={t}: a chained launch read x before its predecessor wrote it", e.name));
+                    caught = true;
+                    if !races {
+                        failures
+                            .push(format!("{} T={t}: a chained launch read x before its predecessor wrote it", e.name));
+                    }
                     "READ x EARLY".to_string()
                 }
                 Err(err) => {
@@ -530,6 +537,9 @@ fn main() -> ExitCode {
                 }
             };
             chain_lines.push(format!("  {:<20} T={t:<3} {verdict}", e.name));
+        }
+        if races && !caught {
+            failures.push(format!("{}: the late-writer probe never caught its early read of x", e.name));
         }
     }
 

@@ -3,6 +3,7 @@
 
 use crate::op::{Observed, OpInputs};
 use crate::registry::Entry;
+use half::bf16;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -23,6 +24,18 @@ pub trait Backend: Send + Sync {
     fn supports(&self, entry: &Entry) -> Result<(), String>;
     /// Runs the entry once on fresh NaN-poisoned outputs.
     fn run(&self, entry: &Entry, inputs: &OpInputs) -> Result<Observed, BackendError>;
+    /// Whether a chained launch of the entry (programmatic dependent launch: it starts while the
+    /// previous kernel still runs) waits for that kernel before reading x: behind a kernel that
+    /// writes `x_late` over x late, its q, k, v must be a plain launch's on `x_late`, bit for bit.
+    /// `None` where this backend does not chain the entry at this shape.
+    fn chained_sees_late_x(
+        &self,
+        _entry: &Entry,
+        _inputs: &OpInputs,
+        _x_late: &[bf16],
+    ) -> Result<Option<bool>, BackendError> {
+        Ok(None)
+    }
     /// The device it runs on, for results' environment fingerprint (`None` for the host CPU).
     fn device(&self) -> Option<String> {
         None

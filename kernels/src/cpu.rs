@@ -225,8 +225,13 @@ impl Backend for Cpu {
         "cpu"
     }
 
-    fn supports(&self, _entry: &Entry) -> Result<(), String> {
-        Ok(())
+    fn supports(&self, entry: &Entry) -> Result<(), String> {
+        match entry.fault {
+            Some(Fault::ReadsXEarly) => {
+                Err(format!("{}: a defect of chained launches, and the CPU backend has no launches", entry.name))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn run(&self, entry: &Entry, inp: &OpInputs) -> Result<Observed, BackendError> {

@@ -1165,6 +1165,21 @@ impl Backend for Cuda {
         }
     }
 
+    fn chained_sees_late_x(
+        &self,
+        entry: &Entry,
+        inputs: &OpInputs,
+        x_late: &[bf16],
+    ) -> Result<Option<bool>, BackendError> {
+        let entry = crate::registry::find(entry.name)
+            .ok_or_else(|| BackendError::BadInput(format!("{} is not a registry entry", entry.name)))?;
+        if !self.chains(entry, &inputs.shape) {
+            return Ok(None);
+        }
+        let _serial = lock(&self.run_lock);
+        self.chained_waits_for_x(entry, inputs, x_late).map(Some)
+    }
+
     fn run(&self, entry: &Entry, inputs: &OpInputs) -> Result<Observed, BackendError> {
         // `prepare` keeps the entry; registry entries are 'static, so look it up by name.
         let entry = crate::registry::find(entry.name)

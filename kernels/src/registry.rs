@@ -55,6 +55,10 @@ pub enum Fault {
     BatchVariantOrder { from_t: usize },
     /// The reduction order changes from run to run (like split-K with atomics).
     RunVariantOrder,
+    /// Launched chained (programmatic dependent launch), reads x before waiting for the previous
+    /// kernel: every launch on its own is right; in a stack whose kernels overlap it reads a stale
+    /// x. Only a chained launch behind a late writer of x shows it, so only GPUs have it.
+    ReadsXEarly,
 }
 
 /// How the CUDA backend runs an entry (kernels/cuda/).
@@ -214,6 +218,15 @@ static REGISTRY: &[Entry] = &[
         numerics: Numerics::HF,
         fault: Some(Fault::Unwritten),
         cuda: CudaImpl::Fused { kernel: "mutant_unwritten" },
+        contract: None,
+    },
+    Entry {
+        name: "mutant-early-x",
+        summary: "exact's kernels, but a chained (PDL) launch reads x before the previous kernel has written it",
+        role: Role::Mutant { of: "exact" },
+        numerics: Numerics::HF,
+        fault: Some(Fault::ReadsXEarly),
+        cuda: CudaImpl::Fused { kernel: "mutant_early_x" },
         contract: None,
     },
     Entry {

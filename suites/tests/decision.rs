@@ -103,3 +103,36 @@ fn bench_files_from_before_launch_regimes_read_as_serial() {
     assert_eq!(old.config.launches, vec![Launch::Serial]);
     assert!(!old.measurements.is_empty() && old.measurements.iter().all(|m| m.launch == Launch::Serial));
 }
+
+#[test]
+fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained() {
+    let mut conf: serde_json::Value =
+        serde_json::from_str(&fixture("conformance-cuda-nvidia-h200.json")).expect("JSON");
+    // The fixture predates the chained check: no trial carries one, so every variant chains safely.
+    assert!(select::gates_from_conformance(&conf, "cuda").values().all(|g| g.chains_safely));
+    let exact_invariance = conf["trials"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|t| t["entry"] == "exact" && t["check"] == "invariance")
+        .expect("the fixture has exact's invariance trial");
+    exact_invariance["invariance"]["chained"] =
+        serde_json::json!([{ "t": 1, "saw_late_x": true }, { "t": 5, "saw_late_x": false }]);
+    let gates = select::gates_from_conformance(&conf, "cuda");
+    assert!(!gates["exact"].chains_safely && gates["exact"].open(), "serially, exact is still fine");
+    assert!(gates["mixed"].chains_safely);
+
+    let bench = bench();
+    let sources = ("bench".to_string(), "conformance".to_string());
+    let d = select::decide(&bench, gates, Mix::default(), sources, Launch::Chained);
+    let mut checked = 0;
+    for c in d.buckets.iter().flat_map(|b| &b.candidates).filter(|c| c.variant == "exact") {
+        for &(t, us) in &c.times_us {
+            assert_eq!(Some(us), bench.find("exact", t, Cache::Cold, Launch::Serial).map(|m| m.time_us.median));
+            checked += usize::from(bench.find("exact", t, Cache::Cold, Launch::Chained).is_some());
+        }
+    }
+    assert!(checked >= 3, "exact had chained figures at {checked} token counts: the test would show nothing");
+    let md = d.markdown();
+    assert!(md.contains("chained launches wait") && md.contains("| exact | yes | yes | yes | **no** |"), "{md}");
+}

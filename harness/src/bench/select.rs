@@ -46,6 +46,9 @@ pub struct Gates {
     pub contract: bool,
     pub deterministic: bool,
     pub batch_invariant: bool,
+    /// Its chained launches waited for the kernel before them (or it has none). When not, the
+    /// chained decision counts it at its serial figure.
+    pub chains_safely: bool,
     /// Why a gate is closed (first failing trial), if one is.
     pub reason: Option<String>,
 }
@@ -68,6 +71,7 @@ pub fn gates_from_conformance(json: &serde_json::Value, backend: &str) -> BTreeM
             contract: true,
             deterministic: false,
             batch_invariant: false,
+            chains_safely: true,
             reason: None,
         });
         if t["outcome"] != "passed" && t["check"] == "golden" {
@@ -80,6 +84,9 @@ pub fn gates_from_conformance(json: &serde_json::Value, backend: &str) -> BTreeM
         if t["check"] == "invariance" {
             g.deterministic = t["invariance"]["deterministic"] == true;
             g.batch_invariant = t["invariance"]["batch_invariant"] == true;
+            // Absent (CPU, or a file from before the check): no chained launch was made.
+            let runs = t["invariance"]["chained"].as_array().into_iter().flatten();
+            g.chains_safely = runs.into_iter().all(|r| r["saw_late_x"] == true);
             if !g.deterministic && g.reason.is_none() {
                 g.reason = Some("not deterministic".into());
             }
@@ -155,11 +162,12 @@ pub fn decide(
     let mut variants: Vec<String> = usable.iter().map(|m| m.variant.clone()).collect();
     variants.sort();
     variants.dedup();
+    let chains_safely = |v: &str| gates.get(v).is_some_and(|g| g.chains_safely);
     let time = |v: &str, t: usize| {
         let at = |l: Launch| usable.iter().find(|m| m.variant == v && m.t == t && m.launch == l).copied();
         match launch {
             Launch::Serial => at(Launch::Serial),
-            Launch::Chained => at(Launch::Chained).or_else(|| at(Launch::Serial)),
+            Launch::Chained => chains_safely(v).then(|| at(Launch::Chained)).flatten().or_else(|| at(Launch::Serial)),
         }
     };
     let open = |v: &str| gates.get(v).is_some_and(Gates::open);
@@ -319,15 +327,21 @@ impl Decision {
                 1.0 / x
             );
         }
+        // Chained: whether each variant's chained launches waited for their predecessor (those
+        // that did not count at their serial figure).
+        let chained = self.launch == Launch::Chained;
         let _ = writeln!(
             s,
-            "\n## Gates (conformance on this GPU)\n\n| variant | contract | deterministic | batch-invariant | note |\n|---|---|---|---|---|"
+            "\n## Gates (conformance on this GPU)\n\n| variant | contract | deterministic | batch-invariant |{} note |\n|---|---|---|---|{}---|",
+            if chained { " chained launches wait |" } else { "" },
+            if chained { "---|" } else { "" }
         );
         for (v, g) in &self.gates {
             let yn = |b: bool| if b { "yes" } else { "**no**" };
+            let wait = if chained { format!(" {} |", yn(g.chains_safely)) } else { String::new() };
             let _ = writeln!(
                 s,
-                "| {v} | {} | {} | {} | {} |",
+                "| {v} | {} | {} | {} |{wait} {} |",
                 yn(g.contract),
                 yn(g.deterministic),
                 yn(g.batch_invariant),
