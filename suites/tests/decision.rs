@@ -108,8 +108,8 @@ fn bench_files_from_before_launch_regimes_read_as_serial() {
 fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained() {
     let mut conf: serde_json::Value =
         serde_json::from_str(&fixture("conformance-cuda-nvidia-h200.json")).expect("JSON");
-    // The fixture predates the chained check: no trial carries one, so every variant chains safely.
-    assert!(select::gates_from_conformance(&conf, "cuda").values().all(|g| g.chains_safely));
+    // The fixture predates the chained check: no trial records a chained launch.
+    assert!(select::gates_from_conformance(&conf, "cuda").values().all(|g| g.chains_safely.is_none()));
     let exact_invariance = conf["trials"]
         .as_array_mut()
         .unwrap()
@@ -119,8 +119,8 @@ fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained
     exact_invariance["invariance"]["chained"] =
         serde_json::json!([{ "t": 1, "saw_late_x": true }, { "t": 5, "saw_late_x": false }]);
     let gates = select::gates_from_conformance(&conf, "cuda");
-    assert!(!gates["exact"].chains_safely && gates["exact"].open(), "serially, exact is still fine");
-    assert!(gates["mixed"].chains_safely);
+    assert!(gates["exact"].chains_safely == Some(false) && gates["exact"].open(), "serially, exact is still fine");
+    assert_eq!(gates["mixed"].chains_safely, None);
 
     let bench = bench();
     let sources = ("bench".to_string(), "conformance".to_string());
@@ -135,4 +135,5 @@ fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained
     assert!(checked >= 3, "exact had chained figures at {checked} token counts: the test would show nothing");
     let md = d.markdown();
     assert!(md.contains("chained launches wait") && md.contains("| exact | yes | yes | yes | **no** |"), "{md}");
+    assert!(md.contains("| mixed | **no** | yes | **no** | - |"), "{md}");
 }

@@ -46,9 +46,10 @@ pub struct Gates {
     pub contract: bool,
     pub deterministic: bool,
     pub batch_invariant: bool,
-    /// Its chained launches waited for the kernel before them (or it has none). When not, the
-    /// chained decision counts it at its serial figure.
-    pub chains_safely: bool,
+    /// Its chained launches waited for the kernel before them (`None`: it made none, or the
+    /// conformance file predates the check). When not, the chained decision counts it at its
+    /// serial figure.
+    pub chains_safely: Option<bool>,
     /// Why a gate is closed (first failing trial), if one is.
     pub reason: Option<String>,
 }
@@ -71,7 +72,7 @@ pub fn gates_from_conformance(json: &serde_json::Value, backend: &str) -> BTreeM
             contract: true,
             deterministic: false,
             batch_invariant: false,
-            chains_safely: true,
+            chains_safely: None,
             reason: None,
         });
         if t["outcome"] != "passed" && t["check"] == "golden" {
@@ -84,9 +85,9 @@ pub fn gates_from_conformance(json: &serde_json::Value, backend: &str) -> BTreeM
         if t["check"] == "invariance" {
             g.deterministic = t["invariance"]["deterministic"] == true;
             g.batch_invariant = t["invariance"]["batch_invariant"] == true;
-            // Absent (CPU, or a file from before the check): no chained launch was made.
-            let runs = t["invariance"]["chained"].as_array().into_iter().flatten();
-            g.chains_safely = runs.into_iter().all(|r| r["saw_late_x"] == true);
+            // Absent (CPU, no decode kernel, or a file from before the check): none was made.
+            let runs = t["invariance"]["chained"].as_array().filter(|r| !r.is_empty());
+            g.chains_safely = runs.map(|r| r.iter().all(|r| r["saw_late_x"] == true));
             if !g.deterministic && g.reason.is_none() {
                 g.reason = Some("not deterministic".into());
             }
@@ -162,7 +163,7 @@ pub fn decide(
     let mut variants: Vec<String> = usable.iter().map(|m| m.variant.clone()).collect();
     variants.sort();
     variants.dedup();
-    let chains_safely = |v: &str| gates.get(v).is_some_and(|g| g.chains_safely);
+    let chains_safely = |v: &str| gates.get(v).is_some_and(|g| g.chains_safely != Some(false));
     let time = |v: &str, t: usize| {
         let at = |l: Launch| usable.iter().find(|m| m.variant == v && m.t == t && m.launch == l).copied();
         match launch {
@@ -338,7 +339,11 @@ impl Decision {
         );
         for (v, g) in &self.gates {
             let yn = |b: bool| if b { "yes" } else { "**no**" };
-            let wait = if chained { format!(" {} |", yn(g.chains_safely)) } else { String::new() };
+            let wait = match (chained, g.chains_safely) {
+                (false, _) => String::new(),
+                (true, None) => " - |".to_string(),
+                (true, Some(b)) => format!(" {} |", yn(b)),
+            };
             let _ = writeln!(
                 s,
                 "| {v} | {} | {} | {} |{wait} {} |",
