@@ -594,6 +594,13 @@ __device__ __forceinline__ void dv_zero_w_tail(const Args& a, unsigned char* wsm
 // 128 + lane + 32 j, j < 4, i.e. k = lane*8 + 256*i in increasing order: block_inv_rms's order.
 constexpr int DV_UPL = 4;
 
+// This block's share of [p, p + bytes) (bytes a multiple of 16) towards L2: the grid's blocks
+// along x split it in 128-byte lines, so each line is asked for once.
+__device__ __forceinline__ void dv_prefetch_share(const void* p, int bytes) {
+    const int share = ((bytes + gridDim.x - 1) / gridDim.x + 127) & ~127, lo = blockIdx.x * share;
+    if (lo < bytes) bulk_prefetch_l2(static_cast<const unsigned char*>(p) + lo, static_cast<u32>(min(share, bytes - lo)));
+}
+
 // Loads segment `seg` of the lane's x units for the warp's MT tokens (rows warp + 16 i of the
 // block's tile; nothing for rows past T; coherent loads: x may come from the previous grid) and of
 // the norm weight.
@@ -708,6 +715,10 @@ enum DvAblation {
 // memory before the next grid's 8 MiB of W requests (NOTES.md v9, v10: released earlier, x queues
 // behind them; later, the next W overlaps less). Launched with the PDL attribute, W streams while
 // the previous kernel finishes; without it both instructions do nothing.
+// Except __dec32 (MT = 2, one block per SM: no block of the next grid can run beside it, so
+// nothing competes with its own work): it asks x and the norm weight into L2 first (a hint, legal
+// before the wait) and releases the next grid before its wait (v12, run 20: chained T = 32 7.06
+// -> 6.85 us, serial 7.83 -> 7.71; the same at two blocks per SM costs 0.3-1.4 us).
 template <int NORM, int FAULT, int MT, int CHAINS, bool WSMEM, int ABL = DV_FULL>
 __device__ __forceinline__ void dv_kernel(const Args a) {
     constexpr int TT = 16 * MT;
@@ -730,6 +741,13 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     const int nch = (a.H + 31) / 32;
     const int c_lo = ks_lo(slice, nch), c_hi = ks_lo(slice + 1, nch);
 
+    constexpr bool ALONE = WSMEM && MT == 2;  // one block per SM (see above)
+    if constexpr (ALONE) {
+        if (threadIdx.x == 0) {
+            dv_prefetch_share(a.x + static_cast<size_t>(t0) * a.H, live * a.H * 2);
+            dv_prefetch_share(a.w_norm, a.H * 2);
+        }
+    }
     // W first (all of the block's W in flight from the start), then the previous grid, then x.
     uint4 xr[MT][DV_UPL], wn[DV_UPL], wb[DV_G];
     if constexpr (WSMEM) {
@@ -739,11 +757,12 @@ __device__ __forceinline__ void dv_kernel(const Args a) {
     } else {
         dv_load_w(wb, wrow, row_ok, c_lo, c_hi, c, a.H);
     }
+    if constexpr (ALONE) griddep_launch_dependents();
     constexpr bool EARLY_X = FAULT == FAULT_EARLY_X;  // mutant-early-x's defect
     if constexpr (PRO && EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
     griddep_wait();
     if constexpr (PRO && !EARLY_X) dv_load_x<MT>(xr, wn, a, t0, live, 0);
-    griddep_launch_dependents();
+    if constexpr (!ALONE) griddep_launch_dependents();
     if constexpr (WSMEM) dv_zero_w_tail(a, wsm, wstride, Hp);
     if constexpr (PRO) dv_prologue<NORM, MT>(a, t0, live, upr, opnd, xr, wn);
     if constexpr (PRO || WSMEM) __syncthreads();
