@@ -841,9 +841,10 @@ impl Cuda {
     }
 
     /// Whether `entry` at `s` can be launched [`Launch::Chained`]: its kernel is a tensor-core
-    /// decode kernel, the only ones that wait for their predecessor.
+    /// decode kernel, the only ones that wait for their predecessor, on a GPU with programmatic
+    /// dependent launch (sm_90 and later; below it the launches would not overlap at all).
     pub fn chains(&self, entry: &Entry, s: &Shape) -> bool {
-        entry.numerics.norm != NormRounding::Fp32 && self.decode_for(entry, s).is_some()
+        self.cc.0 >= 9 && entry.numerics.norm != NormRounding::Fp32 && self.decode_for(entry, s).is_some()
     }
 
     /// Uploads the inputs and plans a serial launch. With `debug`, the fused kernels also write
