@@ -74,6 +74,22 @@ typedef MmaCfg<32, 16, 1, 2, 128, 5> MmaT32;
 typedef MmaCfg<64, 64, 2, 4, 64, 4> MmaT64;
 typedef MmaCfg<128, 128, 2, 4, 64, 4> MmaT128;
 
+// Stage B's 8 values at (t, k) into the debug output: one 16-byte store when b_out is 16-byte
+// aligned (b_vec), else element by element; TAIL: only those below H (the decode kernels need
+// H % 8 == 0, so all 8 are).
+template <bool TAIL>
+__device__ __forceinline__ void store_b8(const Args& a, int t, int k, uint4 bv, bool b_vec) {
+    bf16* dst = a.b_out + static_cast<size_t>(t) * a.H + k;
+    if (b_vec) {
+        sts16(dst, bv);  // generic store; dst is global
+        return;
+    }
+    const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        if (!TAIL || k + j < a.H) dst[j] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[j / 2] >> (16 * (j % 2))));
+}
+
 // Normalises the block's raw x k-tile in place (GEMM operand B, bf16), and copies it to b_out
 // when this block is the one that reports stage B.
 template <int NORM, class C>
@@ -96,18 +112,7 @@ __device__ __forceinline__ void mma_convert(const Args& a, bf16* X, const bf16* 
         const uint4 bv = make_uint4(norm_pair<NORM>(xv.x, wv.x, r), norm_pair<NORM>(xv.y, wv.y, r),
                                     norm_pair<NORM>(xv.z, wv.z, r), norm_pair<NORM>(xv.w, wv.w, r));
         sts16(p, bv);
-        if (write_b && a.b_out != nullptr) {
-            bf16* dst = a.b_out + static_cast<size_t>(t0 + row) * a.H + k;
-            if (b_vec) {
-                sts16(dst, bv);  // generic store; dst is global
-            } else {
-                const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-                    if (k + j < a.H)
-                        dst[j] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[j / 2] >> (16 * (j % 2))));
-            }
-        }
+        if (write_b && a.b_out != nullptr) store_b8<true>(a, t0 + row, k, bv, b_vec);
     }
 }
 
@@ -505,17 +510,7 @@ __device__ __forceinline__ void dec_prologue(const Args& a, int t0, int Hp, void
                     const uint4 bv = make_uint4(norm_pair<NORM>(xv.x, wv.x, r[i]), norm_pair<NORM>(xv.y, wv.y, r[i]),
                                                 norm_pair<NORM>(xv.z, wv.z, r[i]), norm_pair<NORM>(xv.w, wv.w, r[i]));
                     sts16(static_cast<bf16*>(smem) + dec_off(rr, u, upr), bv);
-                    if (report && a.b_out != nullptr && k < a.H) {
-                        bf16* dst = a.b_out + static_cast<size_t>(t0 + rr) * a.H + k;
-                        if (b_vec) {
-                            sts16(dst, bv);  // generic store to global
-                        } else {
-                            const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-                            for (int jj = 0; jj < 8; ++jj)
-                                dst[jj] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[jj / 2] >> (16 * (jj % 2))));
-                        }
-                    }
+                    if (report && a.b_out != nullptr && k < a.H) store_b8<false>(a, t0 + rr, k, bv, b_vec);
                 }
             }
         }
@@ -677,17 +672,7 @@ __device__ __forceinline__ void dv_prologue(const Args& a, int t0, int live, int
                                                       norm_pair<NORM>(xv.z, wv.z, r[i]), norm_pair<NORM>(xv.w, wv.w, r[i]))
                                          : make_uint4(0, 0, 0, 0);
                 sts16(smem + dec_off(rr, u, upr), bv);
-                if (report && a.b_out != nullptr && k < a.H) {
-                    bf16* dst = a.b_out + static_cast<size_t>(t0 + rr) * a.H + k;
-                    if (b_vec) {
-                        sts16(dst, bv);  // generic store to global
-                    } else {
-                        const u32 w4[4] = {bv.x, bv.y, bv.z, bv.w};
-#pragma unroll
-                        for (int jj = 0; jj < 8; ++jj)
-                            dst[jj] = __ushort_as_bfloat16(static_cast<unsigned short>(w4[jj / 2] >> (16 * (jj % 2))));
-                    }
-                }
+                if (report && a.b_out != nullptr && k < a.H) store_b8<false>(a, t0 + rr, k, bv, b_vec);
             }
         }
     }
