@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fusegate_kernels::{Observed, OpInputs, Shape, Stage, StageData, Weights};
+use fusegate_kernels::{Dims, Observed, OpInputs, Shape, Stage, StageData, Weights};
 use half::bf16;
 use serde::Deserialize;
 
@@ -92,7 +92,7 @@ pub(crate) fn load(manifest: &Manifest, entry: &CaseEntry, cache: &crate::Weight
     }
 
     let loaded = cache.get(&manifest.resolve(&weights_entry.file), weights_entry)?;
-    let want = shape.with_t(0);
+    let want = shape.dims;
     if loaded.dims != want {
         return Err(GoldenError::MetadataMismatch {
             path: loaded.path.clone(),
@@ -126,7 +126,7 @@ fn check_meta(path: &Path, meta: &CaseMeta, entry: &CaseEntry, eps: f32) -> Resu
     if meta.weights != entry.weights {
         return mismatch("weights", meta.weights.clone(), entry.weights.clone());
     }
-    let file_shape = Shape { t: meta.t, h: meta.h, nq: meta.nq, nkv: meta.nkv, d: meta.d };
+    let file_shape = Dims { h: meta.h, nq: meta.nq, nkv: meta.nkv, d: meta.d }.with_t(meta.t);
     if file_shape != entry.shape {
         return mismatch("shape", dims::describe(&file_shape), dims::describe(&entry.shape));
     }

@@ -1,7 +1,12 @@
 //! Shapes read from files are untrusted: `Shape::n()` and `Stage::len()` multiply without
 //! overflow checks, so every shape is proven small enough before anything derives sizes from it.
 
-use fusegate_kernels::Shape;
+use fusegate_kernels::{Dims, Shape};
+
+/// Err(reason) when any size a weight set of dims `d` implies would overflow `usize`.
+pub(crate) fn check_dims(d: &Dims) -> Result<(), String> {
+    check_shape(&d.with_t(1)).map_err(|_| format!("dims {} overflow usize", describe_weights(d)))
+}
 
 /// Err(reason) when any size the op derives from `s` would overflow `usize`.
 pub(crate) fn check_shape(s: &Shape) -> Result<(), String> {
@@ -32,7 +37,7 @@ pub(crate) fn describe(s: &Shape) -> String {
 }
 
 /// "h=64 nq=4 nkv=2 d=16": a weight set's dims (weights have no token count).
-pub(crate) fn describe_weights(s: &Shape) -> String {
+pub(crate) fn describe_weights(s: &Dims) -> String {
     format!("h={} nq={} nkv={} d={}", s.h, s.nq, s.nkv, s.d)
 }
 
@@ -45,7 +50,8 @@ mod tests {
         assert!(check_shape(&Shape::qwen3_06b(256)).is_ok());
         let huge = Shape { t: usize::MAX / 2, ..Shape::qwen3_06b(1) };
         assert!(check_shape(&huge).is_err());
-        let wide = Shape { nkv: usize::MAX / 2 + 1, ..Shape::qwen3_06b(1) };
-        assert!(check_shape(&wide).is_err());
+        let wide = Dims { nkv: usize::MAX / 2 + 1, ..Dims::QWEN3_06B };
+        assert!(check_shape(&wide.with_t(1)).is_err());
+        assert!(check_dims(&wide).is_err() && check_dims(&Dims::QWEN3_06B).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fusegate_kernels::{Shape, Weights};
+use fusegate_kernels::{Dims, Weights};
 use half::bf16;
 use serde::Deserialize;
 
@@ -26,11 +26,11 @@ struct WeightsSpec {
     d: usize,
 }
 
-/// A verified weight set and the dims it was captured for (`t` is 0: weights have no tokens).
+/// A verified weight set and the dims it was captured for.
 #[derive(Debug)]
 pub(crate) struct LoadedWeights {
     pub path: PathBuf,
-    pub dims: Shape,
+    pub dims: Dims,
     pub weights: Arc<Weights>,
 }
 
@@ -48,8 +48,8 @@ pub(crate) fn load(path: &Path, entry: &WeightsEntry) -> Result<LoadedWeights, G
             manifest: entry.name.clone(),
         });
     }
-    let s = Shape { t: 0, h: spec.h, nq: spec.nq, nkv: spec.nkv, d: spec.d };
-    dims::check_shape(&s).map_err(|reason| GoldenError::ManifestInvalid {
+    let s = Dims { h: spec.h, nq: spec.nq, nkv: spec.nkv, d: spec.d };
+    dims::check_dims(&s).map_err(|reason| GoldenError::ManifestInvalid {
         path: path.into(),
         reason: format!("metadata spec: {reason}"),
     })?;

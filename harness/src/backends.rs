@@ -1,9 +1,9 @@
 //! Choosing backends: the CPU emulation always runs; CUDA runs where a driver and device exist.
 
 use crate::trials::BackendSlot;
-use fusegate_kernels::Backend;
 use fusegate_kernels::cpu::Cpu;
 use fusegate_kernels::cuda::Cuda;
+use fusegate_kernels::{Backend, BackendId};
 use std::sync::{Arc, OnceLock};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,22 +17,24 @@ pub enum Choice {
 impl std::str::FromStr for Choice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Choice::Auto),
-            "cpu" => Ok(Choice::Cpu),
-            "cuda" => Ok(Choice::Cuda),
-            _ => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
+        if s == "auto" {
+            return Ok(Choice::Auto);
+        }
+        match s.parse::<BackendId>() {
+            Ok(BackendId::Cpu) => Ok(Choice::Cpu),
+            Ok(BackendId::Cuda) => Ok(Choice::Cuda),
+            Err(_) => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
         }
     }
 }
 
 pub fn cpu() -> BackendSlot {
-    BackendSlot { name: "cpu", backend: Ok(Arc::new(Cpu)) }
+    BackendSlot { id: BackendId::Cpu, backend: Ok(Arc::new(Cpu)) }
 }
 
 /// The CUDA backend (probed once per process), or why it cannot run on this machine (never a panic).
 pub fn cuda() -> BackendSlot {
     static CUDA: OnceLock<Result<Arc<dyn Backend>, String>> = OnceLock::new();
     let backend = CUDA.get_or_init(|| Cuda::probe().map(|c| Arc::new(c) as Arc<dyn Backend>)).clone();
-    BackendSlot { name: "cuda", backend }
+    BackendSlot { id: BackendId::Cuda, backend }
 }

@@ -3,9 +3,11 @@
 
 use crate::backends::{self, Choice};
 use crate::results::{ConformanceRun, Environment};
-use crate::trials::{self, BackendSlot, Check, Suite, Trial, TrialReport};
+use crate::suite::Suite;
+use crate::trials::{self, BackendSlot, Trial, TrialReport};
 use fusegate_golden::{GoldenError, Manifest};
-use fusegate_kernels::registry::{self, Entry, Role};
+use fusegate_kernels::BackendId;
+use fusegate_kernels::registry::{self, Entry, EntryId, Role};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -47,7 +49,7 @@ impl Default for Options {
 pub struct Plan {
     pub suite: Suite,
     pub trials: Vec<Trial>,
-    pub backend_label: String,
+    pub backend: BackendId,
     pub notes: Vec<String>,
 }
 
@@ -81,34 +83,33 @@ pub fn select_entries(names: &[String]) -> Result<Vec<&'static Entry>, ConformEr
     if names.is_empty() {
         return Ok(registry::all().iter().collect());
     }
+    let mut ids = Vec::new();
     for n in names {
-        if registry::find(n).is_none() {
-            let known: Vec<_> = registry::all().iter().map(|e| e.name).collect();
-            return Err(ConformError::UnknownEntry(n.clone(), known.join(", ")));
-        }
+        let known = || registry::all().iter().map(|e| e.name).collect::<Vec<_>>().join(", ");
+        ids.push(n.parse::<EntryId>().map_err(|_| ConformError::UnknownEntry(n.clone(), known()))?);
     }
     Ok(registry::all()
         .iter()
-        .filter(|e| names.iter().any(|n| n == e.name || matches!(e.role, Role::Mutant { of } if of == n.as_str())))
+        .filter(|e| ids.iter().any(|&id| id == e.id || matches!(e.role, Role::Mutant { of } if of == id)))
         .collect())
 }
 
 /// Resolves `--backend`: `auto` falls back to the CPU with a note; `cuda` without a GPU is an error.
-pub fn resolve_backends(choice: Choice) -> Result<(Vec<BackendSlot>, Vec<String>), ConformError> {
+pub fn resolve_backend(choice: Choice) -> Result<(BackendSlot, Vec<String>), ConformError> {
     match choice {
-        Choice::Cpu => Ok((vec![backends::cpu()], vec![])),
+        Choice::Cpu => Ok((backends::cpu(), vec![])),
         Choice::Cuda => {
             let slot = backends::cuda();
             match &slot.backend {
-                Ok(_) => Ok((vec![slot], vec![])),
+                Ok(_) => Ok((slot, vec![])),
                 Err(why) => Err(ConformError::CudaUnavailable(why.clone())),
             }
         }
         Choice::Auto => {
             let slot = backends::cuda();
             match &slot.backend {
-                Ok(_) => Ok((vec![slot], vec!["backend auto: using CUDA".into()])),
-                Err(why) => Ok((vec![backends::cpu()], vec![format!("backend auto: {why}; using the CPU emulation")])),
+                Ok(_) => Ok((slot, vec!["backend auto: using CUDA".into()])),
+                Err(why) => Ok((backends::cpu(), vec![format!("backend auto: {why}; using the CPU emulation")])),
             }
         }
     }
@@ -116,7 +117,7 @@ pub fn resolve_backends(choice: Choice) -> Result<(Vec<BackendSlot>, Vec<String>
 
 pub fn plan(opts: &Options) -> Result<Plan, ConformError> {
     let entries = select_entries(&opts.entries)?;
-    let (slots, notes) = resolve_backends(opts.backend)?;
+    let (slot, notes) = resolve_backend(opts.backend)?;
     let dir = opts.golden_dir.clone().unwrap_or_else(Manifest::default_dir);
     let manifest = Manifest::load(&dir)?;
     let cases: Vec<_> =
@@ -124,31 +125,18 @@ pub fn plan(opts: &Options) -> Result<Plan, ConformError> {
     if cases.is_empty() {
         return Err(ConformError::NoCase(opts.case.clone().unwrap_or_default(), dir.display().to_string()));
     }
-    let trials = trials::list(&slots, &entries, &cases);
-    let backend_label = slots.iter().map(|s| s.name).collect::<Vec<_>>().join("+");
-    Ok(Plan { suite: Suite::new(manifest, opts.seed), trials, backend_label, notes })
+    let backend = slot.id;
+    let trials = trials::list(&[slot], &entries, &cases);
+    Ok(Plan { suite: Suite::new(manifest, opts.seed), trials, backend, notes })
 }
 
 /// Runs every trial of the plan (in parallel) and assembles the results file's content.
 pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun {
     let start = Instant::now();
-    // Load every case (and its truths) before any trial runs. Loading computes truths with rayon;
-    // a rayon worker waiting inside one case's one-time initialisation may steal another trial of
-    // the same case and re-enter that initialisation, which deadlocks. One job per case cannot.
-    let mut cases: Vec<&str> = plan
-        .trials
-        .iter()
-        .filter(|t| t.skip_reason().is_none())
-        .filter_map(|t| match &t.check {
-            Check::Golden { case } => Some(case.as_str()),
-            Check::Invariance => None,
-        })
-        .collect();
-    cases.sort_unstable();
-    cases.dedup();
-    cases.par_iter().for_each(|c| {
-        let _ = plan.suite.prepared(c); // errors stay cached; the case's trials report them
-    });
+    // Load every reference (and its truths) before any trial runs. Loading computes truths with
+    // rayon; a rayon worker waiting inside one reference's one-time initialisation may steal
+    // another trial of the same reference and re-enter that initialisation, which deadlocks.
+    plan.suite.preload(&plan.trials);
     let reports: Vec<TrialReport> = plan
         .trials
         .par_iter()
@@ -170,7 +158,7 @@ pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun
         }
     }
     let mut run = ConformanceRun::new(
-        plan.backend_label.clone(),
+        plan.backend,
         Environment::capture(device),
         plan.suite.manifest.provenance.clone(),
         plan.suite.load_errors(),
@@ -196,10 +184,11 @@ mod tests {
 
     #[test]
     fn a_variant_brings_its_mutants_and_unknown_names_are_errors() {
-        let picked: Vec<_> = select_entries(&["exact".into()]).unwrap().iter().map(|e| e.name).collect();
-        assert!(picked.contains(&"exact") && picked.contains(&"mutant-batch-variant"));
-        assert!(!picked.contains(&"mixed"));
+        let exact = EntryId::Exact.name().to_string();
+        let picked: Vec<_> = select_entries(&[exact]).unwrap().iter().map(|e| e.id).collect();
+        assert!(picked.contains(&EntryId::Exact) && picked.contains(&EntryId::MutantBatchVariant));
+        assert!(!picked.contains(&EntryId::Mixed));
         let err = select_entries(&["fast".into()]).unwrap_err().to_string();
-        assert!(err.contains("\"fast\"") && err.contains("mixed") && !err.contains('\n'), "{err}");
+        assert!(err.contains("\"fast\"") && err.contains(EntryId::Mixed.name()) && !err.contains('\n'), "{err}");
     }
 }

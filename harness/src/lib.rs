@@ -3,15 +3,15 @@
 //! determinism and batch invariance, and lists the trials every front end runs.
 
 pub mod backends;
-pub mod bench;
 pub mod conform;
 pub mod invariance;
 pub mod metrics;
 pub mod results;
-pub mod roofline;
+pub mod suite;
 pub mod trials;
 pub mod truth;
 pub mod verdict;
 
-pub use trials::{BackendSlot, Check, Outcome, Suite, Trial, TrialReport};
+pub use suite::Suite;
+pub use trials::{BackendSlot, Check, Outcome, Trial, TrialReport};
 pub use verdict::Verdict;

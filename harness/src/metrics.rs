@@ -7,13 +7,13 @@
 //! Raw ULPs mislead on GEMM outputs near zero: a dot product of 1024 terms that cancels to 1e-6
 //! carries fp32 accumulation noise far larger than its own bf16 ULP, so two correct GEMMs can be
 //! thousands of raw ULPs apart there (a sign flip alone spans the whole exponent range). Contracts
-//! therefore bound the *scaled* ULP distance: |a - g| in ULPs of max(|a|, |g|, row RMS / 16),
+//! therefore bound the *scaled* ULP distance: |a - g| in ULPs of max(|a|, |g|, the row's RMS),
 //! rounded up, so it is 0 only for equal values and equals the raw distance for elements of
 //! typical size. The raw histogram is reported beside it.
 
 use fusegate_kernels::StageData;
 use half::bf16;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a value sits on the number line as an integer: adjacent floats differ by 1, +0 == -0.
 pub trait Ordered: Copy {
@@ -86,7 +86,7 @@ pub const ULP_BUCKETS: [(u64, &str); 8] =
 const FIRST_N: usize = 5;
 
 /// One stage of a candidate against the golden.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     pub elements: usize,
     /// Elements equal to the golden (same bits, +0 == -0, or NaN / same-signed inf at the same place).
@@ -127,7 +127,7 @@ fn ulp_at<T: Ordered>(m: f64) -> f64 {
     (e - mant_bits as f64).exp2()
 }
 
-/// Per element: max(|g| over the row, RMS / 16), the magnitude below which ULPs are measured at
+/// Per element: the RMS of its row of the golden, the magnitude below which ULPs are measured at
 /// the row's scale.
 fn row_floors<T: Ordered>(golden: &[T], row: usize) -> Vec<f64> {
     golden

@@ -1,12 +1,14 @@
 //! The conformance results file and the table people read.
 //!
-//! Schema `fusegate-conformance-v1` (results/conformance-<backend>.json):
+//! Schema `fusegate-conformance-v1` (results/conformance-<backend>.json), written and read through
+//! [`ConformanceRun`]:
 //! - `schema`, `backend` (what ran), `environment` (fingerprint of the machine and build),
 //!   `golden` (the manifest's provenance: torch, transformers, CUDA, cuBLAS, GPU),
 //! - `summary`: {passed, failed, ignored, seconds},
 //! - `trials`: one object per trial: `name` (backend/entry/case), `backend`, `entry`, `mutant_of`,
-//!   `check` ("golden" with `case`, or "invariance"), `outcome` ("passed" | "failed" | "ignored")
-//!   with `reason`, `verdict` (the contract's: "pass" or "fail" with `reasons`), `stages` (per
+//!   `check` ("golden" with `case`; "boundary" with `shape`: fresh inputs at a T where a GPU backend
+//!   changes kernel or tile, judged against the CPU emulation of HF's numerics; or
+//!   "invariance"), `outcome` ("passed" | "failed" | "ignored") with `reason`, `verdict` (the contract's: "pass" or "fail" with `reasons`), `stages` (per
 //!   stage: ULP histogram, bit-exact count, max ulp, mean signed ulp, max abs/rel error, relative L2
 //!   error of candidate and golden against both fp64 truths, error ratios, the bound applied),
 //!   `invariance` (determinism, batch invariance, what differed), `agreement_with_cpu` (GPU
@@ -14,8 +16,8 @@
 
 use crate::trials::{Check, Outcome, TrialReport};
 use fusegate_golden::Provenance;
-use fusegate_kernels::{Stage, Truth};
-use serde::Serialize;
+use fusegate_kernels::{BackendId, EntryId, Stage, Truth};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,15 +25,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const SCHEMA: &str = "fusegate-conformance-v1";
 
+/// The schema tag of a conformance file: written as [`SCHEMA`]; reading a file with another tag
+/// fails, naming both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConformanceSchema;
+
+impl Serialize for ConformanceSchema {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(SCHEMA)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConformanceSchema {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let tag = String::deserialize(d)?;
+        if tag == SCHEMA {
+            Ok(ConformanceSchema)
+        } else {
+            Err(serde::de::Error::custom(format!("schema {tag:?}, expected {SCHEMA:?}")))
+        }
+    }
+}
+
 /// Where and with what a run happened: results without it cannot be compared.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Environment {
     pub host: String,
     pub os: String,
     pub arch: String,
     pub cpus: usize,
     pub cpu_model: String,
-    pub fusegate_version: &'static str,
+    pub fusegate_version: String,
     pub git_commit: String,
     pub utc: String,
     /// GPU facts, filled by the CUDA backend when it ran.
@@ -51,7 +75,7 @@ impl Environment {
             arch: std::env::consts::ARCH.into(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
-            fusegate_version: env!("CARGO_PKG_VERSION"),
+            fusegate_version: env!("CARGO_PKG_VERSION").into(),
             git_commit: git_commit(),
             utc: utc_now(),
             device,
@@ -103,7 +127,7 @@ pub fn utc_now() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
@@ -111,10 +135,10 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConformanceRun {
-    pub schema: &'static str,
-    pub backend: String,
+    pub schema: ConformanceSchema,
+    pub backend: BackendId,
     pub environment: Environment,
     pub golden: Provenance,
     pub summary: Summary,
@@ -127,7 +151,7 @@ pub struct ConformanceRun {
 
 impl ConformanceRun {
     pub fn new(
-        backend: String,
+        backend: BackendId,
         environment: Environment,
         golden: Provenance,
         errors: Vec<String>,
@@ -143,7 +167,7 @@ impl ConformanceRun {
             }
         }
         ConformanceRun {
-            schema: SCHEMA,
+            schema: ConformanceSchema,
             backend,
             environment,
             golden,
@@ -158,6 +182,13 @@ impl ConformanceRun {
         self.summary.failed == 0
     }
 
+    /// Reads a conformance file written by any version of this schema; the error is one line
+    /// naming the file.
+    pub fn load(path: &Path) -> Result<ConformanceRun, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a conformance results file: {e}", path.display()))
+    }
+
     /// One line per trial, grouped by entry, then a line per entry with its pass count.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -168,8 +199,9 @@ impl ConformanceRun {
         );
         for t in &self.trials {
             let case = match &t.check {
-                Check::Golden { case } => case.as_str(),
-                Check::Invariance => "(invariance)",
+                Check::Golden { case } => case.clone(),
+                Check::Boundary { shape } => format!("(fresh, H={} T={})", shape.h, shape.t),
+                Check::Invariance => "(invariance)".into(),
             };
             let verdict = match (&t.outcome, t.mutant_of.is_some()) {
                 (Outcome::Passed, false) => "PASS",
@@ -203,7 +235,7 @@ impl ConformanceRun {
     /// Per entry over its golden trials: how close to HF bitwise, how accurate against fp64 truth.
     pub fn entry_summary(&self) -> String {
         let mut s = String::from("\nper entry, over its golden cases (q, k, v together):\n");
-        let mut seen: Vec<(&str, &str)> = Vec::new();
+        let mut seen: Vec<(BackendId, EntryId)> = Vec::new();
         for t in &self.trials {
             if !seen.contains(&(t.backend, t.entry)) {
                 seen.push((t.backend, t.entry));

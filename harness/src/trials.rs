@@ -1,24 +1,29 @@
-//! The trial list: one trial per (backend, entry, golden case), plus one invariance trial per
-//! (backend, entry). The same list runs under `cargo test` (suites/) and `cargo xtask conform`.
+//! The trial list: one trial per (backend, entry, golden case), on a GPU one per (entry, T) at
+//! every T where the backend changes kernel or tile, plus one invariance trial per (backend,
+//! entry). The same list runs under `cargo test` (suites/) and `cargo xtask conform`; [`Suite`]
+//! runs it.
+//!
+//! [`Suite`]: crate::suite::Suite
 
-use crate::invariance::{self, InvarianceReport};
-use crate::metrics::{self, Comparison};
-use crate::truth::{self, Truths};
-use crate::verdict::{self, StageReport, Verdict};
-use fusegate_golden::{Case, CaseEntry, Manifest, WeightsCache};
+use crate::invariance::InvarianceReport;
+use crate::verdict::{StageReport, Verdict};
+use fusegate_golden::CaseEntry;
 use fusegate_kernels::registry::{Fault, Role};
-use fusegate_kernels::{Backend, BackendError, Entry, Observed, Stage, StageData, cpu};
-use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use fusegate_kernels::{Backend, BackendId, Dims, Entry, EntryId, Shape, Stage};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What a trial checks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "check", rename_all = "snake_case")]
 pub enum Check {
     /// The entry against one PyTorch golden case and its contract.
     Golden { case: String },
+    /// On a GPU, the entry on fresh synthetic inputs of [`BOUNDARY_DIMS`] at a T where the backend
+    /// changes kernel or tile, judged by its contract against the CPU emulation of HF's numerics
+    /// (which the CPU suite checks against PyTorch's goldens): a path chosen by shape cannot hide
+    /// a bug.
+    Boundary { shape: Shape },
     /// Determinism and batch invariance on fresh synthetic inputs.
     Invariance,
 }
@@ -33,10 +38,10 @@ pub fn checks_for(entry: &Entry) -> (bool, bool) {
     }
 }
 
-/// A backend by name, or why it cannot run here.
+/// A backend, or why it cannot run here.
 #[derive(Clone)]
 pub struct BackendSlot {
-    pub name: &'static str,
+    pub id: BackendId,
     pub backend: Result<Arc<dyn Backend>, String>,
 }
 
@@ -51,10 +56,11 @@ impl Trial {
     /// `backend/entry/case`, the name libtest-mimic and the results file use.
     pub fn name(&self) -> String {
         let what = match &self.check {
-            Check::Golden { case } => case.as_str(),
-            Check::Invariance => "invariance",
+            Check::Golden { case } => case.clone(),
+            Check::Boundary { shape } => format!("boundary-h{}-t{}", shape.h, shape.t),
+            Check::Invariance => "invariance".into(),
         };
-        format!("{}/{}/{}", self.backend.name, self.entry.name, what)
+        format!("{}/{}/{}", self.backend.id, self.entry.name, what)
     }
 
     /// Why this trial cannot run here, known before running it (no GPU, no implementation).
@@ -76,6 +82,9 @@ pub fn list(backends: &[BackendSlot], entries: &[&'static Entry], cases: &[CaseE
                 for c in cases {
                     out.push(Trial { backend: b.clone(), entry, check: Check::Golden { case: c.name.clone() } });
                 }
+                for shape in boundary_shapes(b, entry) {
+                    out.push(Trial { backend: b.clone(), entry, check: Check::Boundary { shape } });
+                }
             }
             if invariance {
                 out.push(Trial { backend: b.clone(), entry, check: Check::Invariance });
@@ -85,7 +94,24 @@ pub fn list(backends: &[BackendSlot], entries: &[&'static Entry], cases: &[CaseE
     out
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The layers boundary trials run on: Qwen3-0.6B's, and two with longer rows whose decode kernels
+/// keep W in registers on a GPU (H = 2048: the 32-token kernel; H = 4096: the 16-token one), so
+/// that every kernel a shape can select is judged.
+pub const BOUNDARY_DIMS: [Dims; 3] =
+    [Dims::QWEN3_06B, Dims { h: 2048, nq: 8, nkv: 4, d: 64 }, Dims { h: 4096, nq: 8, nkv: 4, d: 64 }];
+
+/// The shapes of a backend's boundary trials for `entry`: both sides of every T where it changes
+/// kernel or tile, on each of [`BOUNDARY_DIMS`]. None on the CPU (it is the reference they are
+/// judged against), none where the backend is unavailable.
+fn boundary_shapes(slot: &BackendSlot, entry: &Entry) -> Vec<Shape> {
+    let Ok(b) = &slot.backend else { return Vec::new() };
+    if b.id() == BackendId::Cpu || b.supports(entry).is_err() {
+        return Vec::new();
+    }
+    BOUNDARY_DIMS.iter().flat_map(|d| b.path_boundaries(entry, d).into_iter().map(|t| d.with_t(t))).collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
 pub enum Outcome {
     /// A variant met its contract, or a mutant was rejected.
@@ -97,19 +123,19 @@ pub enum Outcome {
 }
 
 /// Agreement of a GPU result with the CPU emulation of the same entry, per stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Agreement {
     pub stage: Stage,
     pub bit_exact_fraction: f64,
     pub max_ulp: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrialReport {
     pub name: String,
-    pub backend: &'static str,
-    pub entry: &'static str,
-    pub mutant_of: Option<&'static str>,
+    pub backend: BackendId,
+    pub entry: EntryId,
+    pub mutant_of: Option<EntryId>,
     #[serde(flatten)]
     pub check: Check,
     #[serde(flatten)]
@@ -137,162 +163,4 @@ impl TrialReport {
             .fold(0.0, f64::max);
         Some((exact as f64 / total.max(1) as f64, max_ulp, ratio))
     }
-}
-
-/// A golden case with its truths, loaded once and shared by every trial that needs it.
-pub struct Prepared {
-    pub case: Case,
-    pub truths: Truths,
-}
-
-type CaseCell = Arc<OnceLock<Result<Arc<Prepared>, String>>>;
-
-/// Shared state for one run of the trial list: the manifest and the cases already loaded.
-pub struct Suite {
-    pub manifest: Manifest,
-    weights: WeightsCache,
-    cases: Mutex<HashMap<String, CaseCell>>,
-    /// Seed of the synthetic inputs of invariance trials.
-    pub seed: u64,
-}
-
-impl Suite {
-    pub fn new(manifest: Manifest, seed: u64) -> Suite {
-        Suite { manifest, weights: WeightsCache::default(), cases: Mutex::default(), seed }
-    }
-
-    /// Loads a case and its truths once; every later call shares the result (or the error).
-    ///
-    /// The first call for a case must not come from a rayon job that another job for the same case
-    /// can be stolen into (re-entrant initialisation deadlocks): parallel runners load every case
-    /// first, one job per case (`conform::run`).
-    pub fn prepared(&self, name: &str) -> Result<Arc<Prepared>, String> {
-        let cell = self.cases.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
-        cell.get_or_init(|| {
-            let entry = self
-                .manifest
-                .cases
-                .iter()
-                .find(|c| c.name == name)
-                .ok_or_else(|| format!("no golden case named {name:?} in {}", self.manifest.dir.display()))?;
-            let case = self.manifest.load_case(entry, &self.weights).map_err(|e| e.to_string())?;
-            let truths = truth::compute(&case.shape, case.eps, &case.x, &case.weights, &case.reference);
-            Ok(Arc::new(Prepared { case, truths }))
-        })
-        .clone()
-    }
-
-    /// One line per golden case that failed to load, in case order.
-    pub fn load_errors(&self) -> Vec<String> {
-        let cases = self.cases.lock().unwrap_or_else(|p| p.into_inner());
-        self.manifest
-            .cases
-            .iter()
-            .filter_map(|c| match cases.get(&c.name)?.get()? {
-                Err(e) => Some(e.clone()),
-                Ok(_) => None,
-            })
-            .collect()
-    }
-
-    /// Runs one trial. Never panics on bad data: every problem becomes a Failed outcome.
-    pub fn run(&self, trial: &Trial) -> TrialReport {
-        let start = Instant::now();
-        let mut report = TrialReport {
-            name: trial.name(),
-            backend: trial.backend.name,
-            entry: trial.entry.name,
-            mutant_of: match trial.entry.role {
-                Role::Mutant { of } => Some(of),
-                Role::Variant => None,
-            },
-            check: trial.check.clone(),
-            outcome: Outcome::Passed,
-            verdict: None,
-            stages: Vec::new(),
-            invariance: None,
-            agreement_with_cpu: Vec::new(),
-            seconds: 0.0,
-        };
-        report.outcome = match self.judge(trial, &mut report) {
-            Ok(verdict) => {
-                let outcome = outcome_of(trial.entry, &verdict);
-                report.verdict = Some(verdict);
-                outcome
-            }
-            Err(o) => o,
-        };
-        report.seconds = start.elapsed().as_secs_f64();
-        report
-    }
-
-    /// The contract verdict, or the outcome that stopped the trial before a verdict.
-    fn judge(&self, trial: &Trial, report: &mut TrialReport) -> Result<Verdict, Outcome> {
-        let backend = trial.backend.backend.as_ref().map_err(|why| Outcome::Ignored(why.clone()))?;
-        backend.supports(trial.entry).map_err(Outcome::Ignored)?;
-        let contract = trial.entry.contract();
-        match &trial.check {
-            Check::Invariance => {
-                let inv = invariance::check(backend.as_ref(), trial.entry, self.seed).map_err(backend_failure)?;
-                let verdict = inv.verdict(&contract);
-                report.invariance = Some(inv);
-                Ok(verdict)
-            }
-            Check::Golden { case } => {
-                let p = self.prepared(case).map_err(Outcome::Failed)?;
-                let inputs = p.case.inputs();
-                let mut observed = backend.run(trial.entry, &inputs).map_err(backend_failure)?;
-                add_head_norms(&mut observed, &p.case);
-                if backend.name() != "cpu" {
-                    let mut emulated = cpu::run_entry(trial.entry, &inputs);
-                    add_head_norms(&mut emulated, &p.case);
-                    report.agreement_with_cpu = agreement(&observed, &emulated, &p.case.shape);
-                }
-                let (verdict, stages) =
-                    verdict::evaluate(&contract, &observed, &p.case.reference, &p.truths, &p.case.shape);
-                report.stages = stages;
-                Ok(verdict)
-            }
-        }
-    }
-}
-
-fn backend_failure(e: BackendError) -> Outcome {
-    match e {
-        BackendError::Unavailable { .. } | BackendError::Unsupported { .. } => Outcome::Ignored(e.to_string()),
-        _ => Outcome::Failed(e.to_string()),
-    }
-}
-
-/// A variant passes by meeting its contract; a mutant passes by being rejected.
-fn outcome_of(entry: &Entry, verdict: &Verdict) -> Outcome {
-    match (entry.is_mutant(), verdict) {
-        (false, Verdict::Pass) => Outcome::Passed,
-        (false, Verdict::Fail { reasons }) => Outcome::Failed(reasons.join("; ")),
-        (true, Verdict::Fail { .. }) => Outcome::Passed,
-        (true, Verdict::Pass) => {
-            Outcome::Failed("mutant accepted: the contract cannot see this defect on this case".into())
-        }
-    }
-}
-
-/// Qwen3 applies q_norm / k_norm (HF semantics) to the projection's q and k; measuring the
-/// candidate's q/k through them shows whether extreme k_norm weights amplify its error.
-fn add_head_norms(observed: &mut Observed, case: &Case) {
-    let (d, eps, w) = (case.shape.d, case.eps, &case.weights);
-    for (from, to, weight) in [(Stage::Q, Stage::QNormed, &w.q_norm), (Stage::K, Stage::KNormed, &w.k_norm)] {
-        if let Some(StageData::Bf16(v)) = observed.get(&from) {
-            let normed = cpu::hf_rmsnorm_rows(v, weight, eps, d);
-            observed.insert(to, StageData::Bf16(normed));
-        }
-    }
-}
-
-fn agreement(gpu: &Observed, cpu: &Observed, shape: &fusegate_kernels::Shape) -> Vec<Agreement> {
-    gpu.iter()
-        .filter_map(|(&stage, g)| {
-            let c: Comparison = metrics::compare_stage(g, cpu.get(&stage)?, stage.len(shape) / shape.t)?;
-            Some(Agreement { stage, bit_exact_fraction: c.bit_exact_fraction(), max_ulp: c.max_scaled_ulp })
-        })
-        .collect()
 }

@@ -113,10 +113,11 @@ pub fn compute(shape: &Shape, eps: f32, x: &[half::bf16], w: &Weights, golden: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fusegate_kernels::Dims;
 
     #[test]
     fn gemm64_matches_hand_computed_product() {
-        let s = Shape { t: 2, h: 3, nq: 1, nkv: 1, d: 1 };
+        let s = Dims { h: 3, nq: 1, nkv: 1, d: 1 }.with_t(2);
         let a = [1.0, 2.0, 3.0, -1.0, 0.5, 4.0];
         let w = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0];
         assert_eq!(gemm64(&a, &w, &s), vec![1.0, 2.0, 6.0, -1.0, 0.5, 3.5]);

@@ -4,9 +4,9 @@
 use crate::metrics::{self, Comparison};
 use crate::truth::Truths;
 use fusegate_kernels::{Contract, Observed, Shape, Stage, StageBound, Truth};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     Pass,
@@ -23,7 +23,7 @@ impl Verdict {
 }
 
 /// Everything measured on one stage, bounded or not.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageReport {
     pub stage: Stage,
     pub comparison: Comparison,
@@ -158,10 +158,11 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fusegate_kernels::Dims;
 
     #[test]
     fn coords_unflatten_row_major() {
-        let s = Shape { t: 2, h: 8, nq: 3, nkv: 1, d: 4 };
+        let s = Dims { h: 8, nq: 3, nkv: 1, d: 4 }.with_t(2);
         assert_eq!(coords(Stage::Q, &s, 0), "q[0, 0, 0]");
         assert_eq!(coords(Stage::Q, &s, 12 + 4 + 3), "q[1, 1, 3]");
         assert_eq!(coords(Stage::A, &s, 9), "a[1, 1]");

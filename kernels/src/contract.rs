@@ -4,10 +4,10 @@
 //! from the measurements recorded beside each contract in `registry.rs`.
 
 use crate::op::Stage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which fp64 truth a stage's error is measured against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Truth {
     /// The op in exact arithmetic: no rounding anywhere before the output.
@@ -18,7 +18,7 @@ pub enum Truth {
 }
 
 /// Bounds on one stage, judged against the PyTorch golden and an fp64 truth.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct StageBound {
     pub stage: Stage,
     /// Largest scaled ULP distance to the golden (bf16 ULPs; fp32 ULPs for inv_rms), measured at

@@ -2,8 +2,8 @@
 //! exactly the entry's rounding points. It emulates numerics, not schedules: every variant with
 //! HF numerics gives the same bits here, and every suite runs without a GPU.
 
-use crate::backend::{Backend, BackendError};
-use crate::op::{Observed, OpInputs, Shape, Stage, StageData};
+use crate::backend::{Backend, BackendError, BackendId, Layer, PreparedOp, check_layer, check_x};
+use crate::op::{Dims, Observed, OpInputs, Shape, Stage, StageData, Weights};
 use crate::registry::{Accumulate, Entry, Fault, NormRounding};
 use half::bf16;
 use rayon::prelude::*;
@@ -52,22 +52,26 @@ enum Order {
     Lanes4Reversed,
 }
 
+/// An fp32 dot product in 8 interleaved lanes combined as a tree: a GPU-like reduction order (a
+/// correct fp32 GEMM's order is unspecified; which one it is shows as sub-ulp noise).
+pub fn dot_lanes8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, at) = a.as_chunks::<8>();
+    let (bc, bt) = b.as_chunks::<8>();
+    for (x, y) in ac.iter().zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in at.iter().zip(bt).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
 fn dot(a: &[f32], b: &[f32], order: Order, accumulate: Accumulate) -> f32 {
     match (accumulate, order) {
-        (Accumulate::F32, Order::Lanes8) => {
-            let mut acc = [0f32; 8];
-            let (ac, at) = a.as_chunks::<8>();
-            let (bc, bt) = b.as_chunks::<8>();
-            for (x, y) in ac.iter().zip(bc) {
-                for l in 0..8 {
-                    acc[l] += x[l] * y[l];
-                }
-            }
-            for (l, (x, y)) in at.iter().zip(bt).enumerate() {
-                acc[l] += x * y;
-            }
-            ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-        }
+        (Accumulate::F32, Order::Lanes8) => dot_lanes8(a, b),
         (Accumulate::F32, Order::Lanes4Reversed) => {
             let mut acc = [0f32; 4];
             for (i, (x, y)) in a.iter().zip(b).rev().enumerate() {
@@ -83,7 +87,7 @@ fn dot(a: &[f32], b: &[f32], order: Order, accumulate: Accumulate) -> f32 {
 
 /// The GEMM's left operand for every row, plus the rounding points the entry passes through.
 fn normalize(entry: &Entry, inp: &OpInputs, obs: &mut Observed) -> Vec<f32> {
-    let Shape { t, h, .. } = inp.shape;
+    let (t, h) = (inp.shape.t, inp.shape.h);
     let w = &inp.weights.norm;
     let mut operand = vec![0f32; t * h];
     let mut r_all = vec![0f32; t];
@@ -150,10 +154,15 @@ const N_BLOCK: usize = 64;
 
 /// Emulates `entry` on the CPU. Outputs start as NaN and every honest element is overwritten.
 pub fn run_entry(entry: &Entry, inp: &OpInputs) -> Observed {
+    let w32: Vec<f32> = inp.weights.qkv.iter().map(|v| v.to_f32()).collect();
+    run_with(entry, inp, &w32)
+}
+
+/// [`run_entry`] with W already widened to fp32 (`w32`, [N, H]).
+fn run_with(entry: &Entry, inp: &OpInputs, w32: &[f32]) -> Observed {
     let s = inp.shape;
     let mut obs = Observed::new();
     let operand = normalize(entry, inp, &mut obs);
-    let w32: Vec<f32> = inp.weights.qkv.iter().map(|v| v.to_f32()).collect();
     let order = match entry.fault {
         Some(Fault::BatchVariantOrder { from_t }) if s.t >= from_t => Order::Lanes4Reversed,
         Some(Fault::RunVariantOrder) if RUNS.fetch_add(1, Ordering::Relaxed) % 2 == 1 => Order::Lanes4Reversed,
@@ -171,7 +180,16 @@ pub fn run_entry(entry: &Entry, inp: &OpInputs) -> Observed {
             }
         }
     });
-    let (qw, kw) = (s.q_width(), s.kv_width());
+    let (q, k, v) = split_qkv(entry, &s, &out_nt);
+    obs.insert(Stage::Q, StageData::Bf16(q));
+    obs.insert(Stage::K, StageData::Bf16(k));
+    obs.insert(Stage::V, StageData::Bf16(v));
+    obs
+}
+
+/// q, k, v from the GEMM's [N, T] output, with the entry's output fault applied.
+fn split_qkv(entry: &Entry, s: &Shape, out_nt: &[bf16]) -> (Vec<bf16>, Vec<bf16>, Vec<bf16>) {
+    let (qw, kw, n) = (s.q_width(), s.kv_width(), s.n());
     let mut q = vec![bf16::NAN; s.t * qw];
     let mut k = vec![bf16::NAN; s.t * kw];
     let mut v = vec![bf16::NAN; s.t * kw];
@@ -198,10 +216,7 @@ pub fn run_entry(entry: &Entry, inp: &OpInputs) -> Observed {
             }
         }
     }
-    obs.insert(Stage::Q, StageData::Bf16(q));
-    obs.insert(Stage::K, StageData::Bf16(k));
-    obs.insert(Stage::V, StageData::Bf16(v));
-    obs
+    (q, k, v)
 }
 
 /// The next bf16 toward +inf (NaN and +inf stay).
@@ -221,8 +236,8 @@ pub fn next_up(x: bf16) -> bf16 {
 pub struct Cpu;
 
 impl Backend for Cpu {
-    fn name(&self) -> &'static str {
-        "cpu"
+    fn id(&self) -> BackendId {
+        BackendId::Cpu
     }
 
     fn supports(&self, entry: &Entry) -> Result<(), String> {
@@ -234,9 +249,32 @@ impl Backend for Cpu {
         }
     }
 
-    fn run(&self, entry: &Entry, inp: &OpInputs) -> Result<Observed, BackendError> {
-        crate::backend::check_inputs(inp)?;
-        Ok(run_entry(entry, inp))
+    fn prepare(&self, entry: &'static Entry, layer: Layer<'_>) -> Result<Box<dyn PreparedOp + '_>, BackendError> {
+        check_layer(&layer)?;
+        self.supports(entry).map_err(|_| BackendError::Unsupported { backend: BackendId::Cpu, entry: entry.name })?;
+        let w32 = layer.weights.qkv.iter().map(|v| v.to_f32()).collect();
+        Ok(Box::new(CpuOp { entry, dims: layer.dims, weights: layer.weights.clone(), eps: layer.eps, w32 }))
+    }
+}
+
+/// An entry with its layer's weights, W widened to fp32 once.
+struct CpuOp {
+    entry: &'static Entry,
+    dims: Dims,
+    weights: Weights,
+    eps: f32,
+    w32: Vec<f32>,
+}
+
+impl PreparedOp for CpuOp {
+    fn entry(&self) -> &'static Entry {
+        self.entry
+    }
+
+    fn run(&mut self, x: &[bf16]) -> Result<Observed, BackendError> {
+        let shape = check_x(&self.dims, x)?;
+        let inputs = OpInputs { shape, x, weights: &self.weights, eps: self.eps };
+        Ok(run_with(self.entry, &inputs, &self.w32))
     }
 }
 

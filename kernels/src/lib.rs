@@ -9,7 +9,7 @@ pub mod op;
 pub mod registry;
 pub mod synth;
 
-pub use backend::{Backend, BackendError};
+pub use backend::{Backend, BackendError, BackendId, Layer, PreparedOp, run_once};
 pub use contract::{Contract, StageBound, Truth};
-pub use op::{Observed, OpInputs, Shape, Stage, StageData, Weights};
-pub use registry::Entry;
+pub use op::{Dims, Observed, OpInputs, Shape, Stage, StageData, Weights};
+pub use registry::{Entry, EntryId};

@@ -7,21 +7,21 @@
 use half::bf16;
 use serde::{Deserialize, Serialize};
 
-/// Problem dimensions. `n()` is the fused projection's output width.
+/// A layer's dimensions: everything about the op's size except the token count, so that one set
+/// of weights (and one prepared entry) serves every T.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Shape {
-    pub t: usize,
+pub struct Dims {
     pub h: usize,
     pub nq: usize,
     pub nkv: usize,
     pub d: usize,
 }
 
-impl Shape {
-    /// Qwen3-0.6B's attention projection at `t` tokens.
-    pub const fn qwen3_06b(t: usize) -> Shape {
-        Shape { t, h: 1024, nq: 16, nkv: 8, d: 128 }
-    }
+impl Dims {
+    /// Qwen3-0.6B's attention projection.
+    pub const QWEN3_06B: Dims = Dims { h: 1024, nq: 16, nkv: 8, d: 128 };
+
+    /// The fused projection's output width.
     pub fn n(&self) -> usize {
         (self.nq + 2 * self.nkv) * self.d
     }
@@ -31,8 +31,36 @@ impl Shape {
     pub fn kv_width(&self) -> usize {
         self.nkv * self.d
     }
+    /// These dims at `t` tokens.
+    pub const fn with_t(self, t: usize) -> Shape {
+        Shape { t, dims: self }
+    }
+}
+
+/// One run's dimensions: a layer's [`Dims`] at T tokens. Serialised flat (`t, h, nq, nkv, d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    pub t: usize,
+    #[serde(flatten)]
+    pub dims: Dims,
+}
+
+impl Shape {
+    /// Qwen3-0.6B's attention projection at `t` tokens.
+    pub const fn qwen3_06b(t: usize) -> Shape {
+        Dims::QWEN3_06B.with_t(t)
+    }
     pub fn with_t(&self, t: usize) -> Shape {
         Shape { t, ..*self }
+    }
+}
+
+/// A shape reads as its dims (`shape.h`, `shape.n()`) plus `t`: every dimension but T belongs to
+/// the layer, and code that sizes per-token work needs both.
+impl std::ops::Deref for Shape {
+    type Target = Dims;
+    fn deref(&self) -> &Dims {
+        &self.dims
     }
 }
 

@@ -6,7 +6,64 @@
 
 use crate::contract::{Contract, StageBound, Truth};
 use crate::op::Stage;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An entry's typed identity: what code, results files and reports refer to an entry by. Its name
+/// (the text in results and on the command line) is the entry's `name`, written only in
+/// [`REGISTRY`]; [`EntryId::name`] and parsing go through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntryId {
+    Standard,
+    F32,
+    Mixed,
+    Exact,
+    MutantRoundOnce,
+    MutantSkipWeight,
+    MutantUlpBias,
+    MutantUnwritten,
+    MutantEarlyX,
+    MutantBf16Accumulate,
+    MutantBatchVariant,
+    MutantRunVariant,
+}
+
+impl EntryId {
+    pub fn entry(self) -> &'static Entry {
+        get(self)
+    }
+    pub fn name(self) -> &'static str {
+        get(self).name
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for EntryId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        find(s).map(|e| e.id).ok_or_else(|| {
+            let known: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
+            format!("no such variant or mutant {s:?} (known: {})", known.join(", "))
+        })
+    }
+}
+
+impl Serialize for EntryId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Where the norm rounds before the GEMM (see NUMERICS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -79,12 +136,14 @@ pub enum Role {
     Variant,
     /// A negative control: the suites must reject it under `of`'s contract.
     Mutant {
-        of: &'static str,
+        of: EntryId,
     },
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Entry {
+    pub id: EntryId,
+    /// The entry's name in results files, reports and on the command line.
     pub name: &'static str,
     /// One line: what it is and why it exists.
     pub summary: &'static str,
@@ -106,7 +165,7 @@ impl Entry {
         match (self.contract, self.role) {
             (Some(c), _) => c,
             (None, Role::Mutant { of }) => {
-                find(of).and_then(|e| e.contract).expect("registry: a mutant's target is a variant with a contract")
+                get(of).contract.expect("registry: a mutant's target is a variant with a contract (checked by a test)")
             }
             (None, Role::Variant) => {
                 unreachable!("registry: every variant has a contract (checked by a test)")
@@ -149,6 +208,7 @@ const HF_CONTRACT: Contract = Contract { stages: HF_STAGES, deterministic: true,
 
 static REGISTRY: &[Entry] = &[
     Entry {
+        id: EntryId::Standard,
         name: "standard",
         summary: "the unfused baseline: HF Qwen3RMSNorm, then a plain bf16 GEMM (cuBLAS on GPU)",
         role: Role::Variant,
@@ -158,6 +218,7 @@ static REGISTRY: &[Entry] = &[
         contract: Some(HF_CONTRACT),
     },
     Entry {
+        id: EntryId::F32,
         name: "f32",
         summary: "fused, fp32 throughout (norm, weight multiply, GEMM), one rounding at the output",
         role: Role::Variant,
@@ -167,6 +228,7 @@ static REGISTRY: &[Entry] = &[
         contract: Some(Contract { stages: F32_STAGES, deterministic: true, batch_invariant: false }),
     },
     Entry {
+        id: EntryId::Mixed,
         name: "mixed",
         summary: "fused with HF's rounding points (A, then B), bf16 GEMM with fp32 accumulation",
         role: Role::Variant,
@@ -176,6 +238,7 @@ static REGISTRY: &[Entry] = &[
         contract: Some(HF_CONTRACT),
     },
     Entry {
+        id: EntryId::Exact,
         name: "exact",
         summary: "mixed's numerics in a single pass over x, deterministic and batch-invariant by contract",
         role: Role::Variant,
@@ -185,72 +248,80 @@ static REGISTRY: &[Entry] = &[
         contract: Some(Contract { stages: HF_STAGES, deterministic: true, batch_invariant: true }),
     },
     Entry {
+        id: EntryId::MutantRoundOnce,
         name: "mutant-round-once",
         summary: "rounds once after the weight multiply (FlashInfer / TensorRT-LLM style) instead of HF's two roundings",
-        role: Role::Mutant { of: "mixed" },
+        role: Role::Mutant { of: EntryId::Mixed },
         numerics: Numerics { norm: NormRounding::OnceAfterWeight, accumulate: Accumulate::F32 },
         fault: None,
         cuda: CudaImpl::Fused { kernel: "mutant_round_once" },
         contract: None,
     },
     Entry {
+        id: EntryId::MutantSkipWeight,
         name: "mutant-skip-weight",
         summary: "forgets the RMSNorm weight multiply",
-        role: Role::Mutant { of: "mixed" },
+        role: Role::Mutant { of: EntryId::Mixed },
         numerics: Numerics { norm: NormRounding::SkipWeight, accumulate: Accumulate::F32 },
         fault: None,
         cuda: CudaImpl::Fused { kernel: "mutant_skip_weight" },
         contract: None,
     },
     Entry {
+        id: EntryId::MutantUlpBias,
         name: "mutant-ulp-bias",
         summary: "+1 ulp on one output in 64: a bias no atol/rtol check sees",
-        role: Role::Mutant { of: "mixed" },
+        role: Role::Mutant { of: EntryId::Mixed },
         numerics: Numerics::HF,
         fault: Some(Fault::UlpBias { every: 64 }),
         cuda: CudaImpl::None,
         contract: None,
     },
     Entry {
+        id: EntryId::MutantUnwritten,
         name: "mutant-unwritten",
         summary: "leaves one element of q unwritten: caught only because outputs are poisoned with NaN",
-        role: Role::Mutant { of: "mixed" },
+        role: Role::Mutant { of: EntryId::Mixed },
         numerics: Numerics::HF,
         fault: Some(Fault::Unwritten),
         cuda: CudaImpl::Fused { kernel: "mutant_unwritten" },
         contract: None,
     },
     Entry {
+        id: EntryId::MutantEarlyX,
         name: "mutant-early-x",
         summary: "exact's kernels, but a chained (PDL) launch reads x before the previous kernel has written it",
-        role: Role::Mutant { of: "exact" },
+        role: Role::Mutant { of: EntryId::Exact },
         numerics: Numerics::HF,
         fault: Some(Fault::ReadsXEarly),
         cuda: CudaImpl::Fused { kernel: "mutant_early_x" },
         contract: None,
     },
     Entry {
+        id: EntryId::MutantBf16Accumulate,
         name: "mutant-bf16-accumulate",
         summary: "accumulates the GEMM in bf16 instead of fp32",
-        role: Role::Mutant { of: "mixed" },
+        role: Role::Mutant { of: EntryId::Mixed },
         numerics: Numerics { norm: NormRounding::HfTwoRoundings, accumulate: Accumulate::Bf16 },
         fault: None,
         cuda: CudaImpl::None,
         contract: None,
     },
     Entry {
+        id: EntryId::MutantBatchVariant,
         name: "mutant-batch-variant",
         summary: "exact's numerics, but the reduction order changes with T (like a batch-size-dependent tile)",
-        role: Role::Mutant { of: "exact" },
+        role: Role::Mutant { of: EntryId::Exact },
         numerics: Numerics::HF,
         fault: Some(Fault::BatchVariantOrder { from_t: 64 }),
         cuda: CudaImpl::None,
         contract: None,
     },
     Entry {
+        id: EntryId::MutantRunVariant,
         name: "mutant-run-variant",
         summary: "exact's numerics, but the reduction order changes from run to run (like split-K atomics)",
-        role: Role::Mutant { of: "exact" },
+        role: Role::Mutant { of: EntryId::Exact },
         numerics: Numerics::HF,
         fault: Some(Fault::RunVariantOrder),
         cuda: CudaImpl::None,
@@ -271,8 +342,20 @@ pub fn mutants() -> impl Iterator<Item = &'static Entry> {
     REGISTRY.iter().filter(|e| e.is_mutant())
 }
 
+/// The entry of `id` (every id has one: checked by a test).
+pub fn get(id: EntryId) -> &'static Entry {
+    REGISTRY.iter().find(|e| e.id == id).expect("registry: every EntryId has an entry (checked by a test)")
+}
+
+/// The entry named `name` (parsing a name from a command line or a results file).
 pub fn find(name: &str) -> Option<&'static Entry> {
     REGISTRY.iter().find(|e| e.name == name)
+}
+
+/// The unfused baseline every fused variant is measured against: the variant that runs HF's
+/// norm and a library GEMM.
+pub fn baseline() -> &'static Entry {
+    get(EntryId::Standard)
 }
 
 #[cfg(test)]
@@ -280,21 +363,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_unique_and_contracts_resolve() {
+    fn names_and_ids_are_unique_and_contracts_resolve() {
         let mut names: Vec<_> = all().iter().map(|e| e.name).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), all().len(), "duplicate registry names");
+        let mut ids: Vec<_> = all().iter().map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all().len(), "duplicate registry ids");
         for e in all() {
+            assert_eq!(get(e.id).name, e.name);
+            assert_eq!(e.name.parse::<EntryId>(), Ok(e.id));
+            assert_eq!(serde_json::to_string(&e.id).unwrap(), format!("\"{}\"", e.name));
             match e.role {
                 Role::Variant => assert!(e.contract.is_some(), "{} has no contract", e.name),
                 Role::Mutant { of } => {
-                    let target = find(of).unwrap_or_else(|| panic!("{}: unknown target {of}", e.name));
-                    assert!(!target.is_mutant(), "{}: a mutant must impersonate a variant", e.name);
+                    assert!(!get(of).is_mutant(), "{}: a mutant must impersonate a variant", e.name);
                 }
             }
             assert!(!e.contract().stages.is_empty());
         }
+        assert!(!baseline().is_mutant() && baseline().cuda == CudaImpl::NormThenCublas);
+        assert!("fast".parse::<EntryId>().unwrap_err().contains("known: standard"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! batch invariance, GPU-vs-CPU agreement, benchmarks). Never zeros: x ~ N(0, 1), the norm weight
 //! ~ N(1, 0.1), W ~ N(0, 0.02), as in a trained layer.
 
-use crate::op::{Shape, Weights};
+use crate::op::{Dims, Shape, Weights};
 use half::bf16;
 
 /// splitmix64: tiny, seedable, and the same on every platform.
@@ -33,7 +33,7 @@ impl Rng {
 }
 
 /// Weights of a layer of `shape` drawn from `seed`.
-pub fn weights(shape: &Shape, seed: u64) -> Weights {
+pub fn weights(shape: &Dims, seed: u64) -> Weights {
     let mut r = Rng::new(seed);
     Weights {
         norm: r.bf16s(shape.h, 1.0, 0.1),

@@ -1,16 +1,27 @@
 //! The production decision from a committed, real bench + conformance fixture (H200): a change in
 //! select's rules, the buckets or the report shows up as a snapshot diff, and the rules are checked.
 
-use fusegate_harness::bench::schema::{BenchRun, Cache, Launch};
-use fusegate_harness::bench::select::{self, Mix};
+use fusegate_bench::schema::{BenchRun, Cache, Launch};
+use fusegate_bench::select::{self, Mix};
+use fusegate_harness::Check;
+use fusegate_harness::invariance::ChainedRun;
+use fusegate_harness::results::ConformanceRun;
+use fusegate_kernels::{BackendId, EntryId};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 
-fn fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn bench() -> BenchRun {
-    serde_json::from_str(&fixture("bench-nvidia-h200.json")).expect("bench fixture parses")
+    BenchRun::load(&fixture_path("bench-nvidia-h200.json")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The conformance fixture: a real H200 run trimmed to what select reads (trial identity, check,
+/// outcome, invariance findings), with empty placeholders for the rest.
+fn conformance() -> ConformanceRun {
+    ConformanceRun::load(&fixture_path("conformance-cuda-nvidia-h200.json")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn decide(mix: Mix) -> select::Decision {
@@ -18,11 +29,9 @@ fn decide(mix: Mix) -> select::Decision {
 }
 
 fn decide_for(mix: Mix, launch: Launch) -> select::Decision {
-    let bench = bench();
-    let conf: serde_json::Value = serde_json::from_str(&fixture("conformance-cuda-nvidia-h200.json")).expect("JSON");
-    let gates = select::gates_from_conformance(&conf, "cuda");
+    let gates = select::gates_from_conformance(&conformance(), BackendId::Cuda);
     let sources = ("bench-nvidia-h200.json".into(), "conformance-cuda-nvidia-h200.json".into());
-    select::decide(&bench, gates, mix, sources, launch)
+    select::decide(&bench(), gates, mix, sources, launch)
 }
 
 #[test]
@@ -37,13 +46,13 @@ fn decision_from_the_h200_fixture() {
 fn gates_close_on_a_failed_contract_and_the_winner_is_never_gated_out() {
     let d = decide(Mix::default());
     // In the fixture, mixed failed two golden trials on the GPU: its gate is closed, with the reason.
-    let mixed = &d.gates["mixed"];
+    let mixed = &d.gates[&EntryId::Mixed];
     assert!(!mixed.contract && !mixed.open());
     assert!(mixed.reason.as_deref().is_some_and(|r| r.contains("qwen3-typical-t128")));
-    assert!(d.gates["exact"].open() && d.gates["exact"].batch_invariant);
+    assert!(d.gates[&EntryId::Exact].open() && d.gates[&EntryId::Exact].batch_invariant);
     for b in &d.buckets {
-        let w = b.winner.as_deref().expect("every bucket has a measured, gated variant");
-        assert!(d.gates[w].open(), "{} chose {w} with a closed gate", b.name);
+        let w = b.winner.expect("every bucket has a measured, gated variant");
+        assert!(d.gates[&w].open(), "{} chose {w} with a closed gate", b.name);
         let wt: f64 = b.candidates.iter().find(|c| c.variant == w).unwrap().times_us.iter().map(|x| x.1).sum();
         for c in b.candidates.iter().filter(|c| c.gates_open && c.variant != w) {
             let ct: f64 = c.times_us.iter().map(|x| x.1).sum();
@@ -70,15 +79,15 @@ fn the_chained_decision_counts_chained_figures_where_they_exist_and_serial_ones_
     let bench = bench();
     let (serial, chained) = (decide(Mix::default()), decide_for(Mix::default(), Launch::Chained));
     assert_eq!((serial.launch, chained.launch), (Launch::Serial, Launch::Chained));
-    let median = |v: &str, t: usize, l: Launch| bench.find(v, t, Cache::Cold, l).map(|m| m.time_us.median);
+    let median = |v: EntryId, t: usize, l: Launch| bench.find(v, t, Cache::Cold, l).map(|m| m.time_us.median);
     let mut chained_cells = 0;
     for (bs, bc) in serial.buckets.iter().zip(&chained.buckets) {
         for (cs, cc) in bs.candidates.iter().zip(&bc.candidates) {
             assert_eq!(cs.variant, cc.variant);
             for (&(t, s_us), &(t2, c_us)) in cs.times_us.iter().zip(&cc.times_us) {
                 assert_eq!(t, t2);
-                assert_eq!(Some(s_us), median(&cs.variant, t, Launch::Serial));
-                match median(&cc.variant, t, Launch::Chained) {
+                assert_eq!(Some(s_us), median(cs.variant, t, Launch::Serial));
+                match median(cc.variant, t, Launch::Chained) {
                     Some(m) => {
                         assert_eq!(c_us, m, "{} T={t}", cc.variant);
                         chained_cells += 1;
@@ -106,34 +115,71 @@ fn bench_files_from_before_launch_regimes_read_as_serial() {
 
 #[test]
 fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained() {
-    let mut conf: serde_json::Value =
-        serde_json::from_str(&fixture("conformance-cuda-nvidia-h200.json")).expect("JSON");
+    let mut conf = conformance();
     // The fixture predates the chained check: no trial records a chained launch.
-    assert!(select::gates_from_conformance(&conf, "cuda").values().all(|g| g.chains_safely.is_none()));
-    let exact_invariance = conf["trials"]
-        .as_array_mut()
-        .unwrap()
+    assert!(select::gates_from_conformance(&conf, BackendId::Cuda).values().all(|g| g.chains_safely.is_none()));
+    let exact_invariance = conf
+        .trials
         .iter_mut()
-        .find(|t| t["entry"] == "exact" && t["check"] == "invariance")
+        .find(|t| t.entry == EntryId::Exact && t.check == Check::Invariance)
+        .and_then(|t| t.invariance.as_mut())
         .expect("the fixture has exact's invariance trial");
-    exact_invariance["invariance"]["chained"] =
-        serde_json::json!([{ "t": 1, "saw_late_x": true }, { "t": 5, "saw_late_x": false }]);
-    let gates = select::gates_from_conformance(&conf, "cuda");
-    assert!(gates["exact"].chains_safely == Some(false) && gates["exact"].open(), "serially, exact is still fine");
-    assert_eq!(gates["mixed"].chains_safely, None);
+    exact_invariance.chained = vec![ChainedRun { t: 1, saw_late_x: true }, ChainedRun { t: 5, saw_late_x: false }];
+    let gates = select::gates_from_conformance(&conf, BackendId::Cuda);
+    let exact = &gates[&EntryId::Exact];
+    assert!(exact.chains_safely == Some(false) && exact.open(), "serially, exact is still fine");
+    assert_eq!(gates[&EntryId::Mixed].chains_safely, None);
 
     let bench = bench();
     let sources = ("bench".to_string(), "conformance".to_string());
     let d = select::decide(&bench, gates, Mix::default(), sources, Launch::Chained);
     let mut checked = 0;
-    for c in d.buckets.iter().flat_map(|b| &b.candidates).filter(|c| c.variant == "exact") {
+    for c in d.buckets.iter().flat_map(|b| &b.candidates).filter(|c| c.variant == EntryId::Exact) {
         for &(t, us) in &c.times_us {
-            assert_eq!(Some(us), bench.find("exact", t, Cache::Cold, Launch::Serial).map(|m| m.time_us.median));
-            checked += usize::from(bench.find("exact", t, Cache::Cold, Launch::Chained).is_some());
+            let serial = bench.find(EntryId::Exact, t, Cache::Cold, Launch::Serial);
+            assert_eq!(Some(us), serial.map(|m| m.time_us.median));
+            checked += usize::from(bench.find(EntryId::Exact, t, Cache::Cold, Launch::Chained).is_some());
         }
     }
     assert!(checked >= 3, "exact had chained figures at {checked} token counts: the test would show nothing");
     let md = d.markdown();
     assert!(md.contains("chained launches wait") && md.contains("| exact | yes | yes | yes | **no** |"), "{md}");
     assert!(md.contains("| mixed | **no** | yes | **no** | - |"), "{md}");
+}
+
+#[test]
+fn only_the_backends_variant_trials_make_gates() {
+    let mut conf = conformance();
+    let all = select::gates_from_conformance(&conf, BackendId::Cuda);
+    let ids: Vec<EntryId> = all.keys().copied().collect();
+    assert_eq!(ids, [EntryId::Standard, EntryId::F32, EntryId::Mixed, EntryId::Exact], "mutants have no gates");
+    assert!(select::gates_from_conformance(&conf, BackendId::Cpu).is_empty());
+    // A failed mutant trial (the wanted result is a rejection) closes nothing.
+    for t in conf.trials.iter_mut().filter(|t| t.mutant_of.is_some()) {
+        t.outcome = fusegate_harness::Outcome::Failed("slipped through".into());
+    }
+    let after = select::gates_from_conformance(&conf, BackendId::Cuda);
+    assert!(after.iter().all(|(id, g)| g.contract == all[id].contract));
+}
+
+#[test]
+fn decision_json_lists_gates_and_variants_by_name() {
+    let v = serde_json::to_value(decide(Mix::default())).expect("the decision serialises");
+    let gates: Vec<&String> = v["gates"].as_object().expect("gates").keys().collect();
+    assert_eq!(gates, ["exact", "f32", "mixed", "standard"]);
+    assert_eq!(v["gates"]["mixed"]["contract"], false);
+    assert_eq!(v["dispatch"][0], json!({ "t_from": 1, "t_to": 32, "variant": "exact" }));
+    assert_eq!(v["buckets"][2]["winner"], "standard");
+    let memory: Vec<&Value> = v["memory"].as_array().expect("memory").iter().map(|m| &m[0]).collect();
+    assert_eq!(memory, ["exact", "f32", "mixed", "standard"]);
+}
+
+#[test]
+fn committed_conformance_results_load_for_select() {
+    for gpu in ["nvidia-h200", "nvidia-h100-80gb-hbm3"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results").join(gpu).join("conformance-cuda.json");
+        let run = ConformanceRun::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let gates = select::gates_from_conformance(&run, BackendId::Cuda);
+        assert!(gates.contains_key(&EntryId::Exact) && gates.contains_key(&EntryId::Standard), "{gpu}");
+    }
 }

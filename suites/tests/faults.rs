@@ -8,7 +8,7 @@ use fusegate_harness::truth;
 use fusegate_harness::verdict::{self, Verdict};
 use fusegate_kernels::backend::check_inputs;
 use fusegate_kernels::cpu::{Cpu, hf_rmsnorm_rows};
-use fusegate_kernels::{Backend, BackendError, Observed, OpInputs, Shape, Stage, StageData, registry, synth};
+use fusegate_kernels::{BackendError, Dims, EntryId, Observed, OpInputs, Stage, StageData, registry, run_once, synth};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
@@ -51,9 +51,8 @@ fn class_mismatches(candidate: &StageData, golden: &StageData) -> Vec<usize> {
 }
 
 /// The entry on the CPU backend, with Qwen3's head norms applied downstream as the harness does.
-fn run_cpu(name: &str, case: &Case) -> Observed {
-    let entry = registry::find(name).unwrap_or_else(|| panic!("no entry {name}"));
-    let mut obs = Cpu.run(entry, &case.inputs()).unwrap_or_else(|e| panic!("{name}: {e}"));
+fn run_cpu(id: EntryId, case: &Case) -> Observed {
+    let mut obs = run_once(&Cpu, id.entry(), &case.inputs()).unwrap_or_else(|e| panic!("{id}: {e}"));
     let (d, eps, w) = (case.shape.d, case.eps, &case.weights);
     for (from, to, weight) in [(Stage::Q, Stage::QNormed, &w.q_norm), (Stage::K, Stage::KNormed, &w.k_norm)] {
         let v = obs[&from].as_bf16().expect("q and k are bf16").to_vec();
@@ -114,7 +113,7 @@ fn every_variant_reproduces_pytorchs_nan_and_inf_positions_stage_by_stage() {
     let case = committed_case(NONFINITE);
     let truths = truth::compute(&case.shape, case.eps, &case.x, &case.weights, &case.reference);
     for entry in registry::variants() {
-        let obs = run_cpu(entry.name, &case);
+        let obs = run_cpu(entry.id, &case);
         for s in Stage::C.into_iter().chain([Stage::QNormed, Stage::KNormed]) {
             assert!(obs.contains_key(&s), "{}: {s} not produced", entry.name);
         }
@@ -137,8 +136,8 @@ fn every_variant_reproduces_pytorchs_nan_and_inf_positions_stage_by_stage() {
 fn the_unwritten_mutant_is_caught_by_the_nan_position_rule_and_only_there() {
     let case = committed_case(NONFINITE);
     let truths = truth::compute(&case.shape, case.eps, &case.x, &case.weights, &case.reference);
-    let mutant = run_cpu("mutant-unwritten", &case);
-    let honest = run_cpu("mixed", &case);
+    let mutant = run_cpu(EntryId::MutantUnwritten, &case);
+    let honest = run_cpu(EntryId::Mixed, &case);
     let q_len = Stage::Q.len(&case.shape);
     let skipped = q_len / 2;
     let d = case.shape.d;
@@ -159,9 +158,9 @@ fn the_unwritten_mutant_is_caught_by_the_nan_position_rule_and_only_there() {
         assert_eq!(class_mismatches(data, &case.reference[stage]), expected, "{stage}: mutant vs PyTorch");
     }
 
-    let contract = registry::find("mutant-unwritten").unwrap().contract();
+    let contract = EntryId::MutantUnwritten.entry().contract();
     let (verdict, reports) = verdict::evaluate(&contract, &mutant, &case.reference, &truths, &case.shape);
-    let Verdict::Fail { reasons } = verdict else { panic!("mutant-unwritten accepted on {NONFINITE}") };
+    let Verdict::Fail { reasons } = verdict else { panic!("{} accepted on {NONFINITE}", EntryId::MutantUnwritten) };
     let on_q: Vec<&String> = reasons.iter().filter(|r| r.starts_with("q:")).collect();
     assert_eq!(on_q.len(), 1, "{reasons:?}");
     assert!(on_q[0].contains("1 NaN/Inf positions differ") && on_q[0].contains("q[4, 2, 0]"), "{}", on_q[0]);
@@ -182,8 +181,7 @@ fn bad_input(inp: &OpInputs) -> String {
             let line = e.to_string();
             assert!(!line.contains('\n'), "{line:?}");
             // The backend refuses the same input instead of panicking.
-            let standard = registry::find("standard").unwrap();
-            assert!(matches!(Cpu.run(standard, inp), Err(BackendError::BadInput(_))));
+            assert!(matches!(run_once(&Cpu, registry::baseline(), inp), Err(BackendError::BadInput(_))));
             line
         }
         other => panic!("{:?} eps {}: expected BadInput, got {other:?}", inp.shape, inp.eps),
@@ -192,15 +190,15 @@ fn bad_input(inp: &OpInputs) -> String {
 
 #[test]
 fn the_backend_refuses_t_zero_and_inconsistent_inputs_with_one_line() {
-    let shape = Shape { t: 3, h: 64, nq: 4, nkv: 2, d: 16 };
-    let w = synth::weights(&shape, 5);
+    let shape = Dims { h: 64, nq: 4, nkv: 2, d: 16 }.with_t(3);
+    let w = synth::weights(&shape.dims, 5);
     let x = synth::activations(&shape, 5);
     let inputs = |shape, x, weights, eps| OpInputs { shape, x, weights, eps };
     assert!(check_inputs(&inputs(shape, &x, &w, 1e-6)).is_ok(), "the control must pass");
 
     let line = bad_input(&inputs(shape.with_t(0), &[], &w, 1e-6));
     assert!(line.contains("must be positive") && line.contains("t: 0"), "{line}");
-    let line = bad_input(&inputs(Shape { d: 0, ..shape }, &x, &w, 1e-6));
+    let line = bad_input(&inputs(Dims { d: 0, ..shape.dims }.with_t(3), &x, &w, 1e-6));
     assert!(line.contains("d: 0"), "{line}");
     let line = bad_input(&inputs(shape, &x[..x.len() - 1], &w, 1e-6));
     assert!(line.contains("x has 191 elements, the shape needs 192"), "{line}");

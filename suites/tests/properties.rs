@@ -41,7 +41,9 @@ use fusegate_harness::truth;
 use fusegate_harness::verdict::{self, StageReport, Verdict};
 use fusegate_kernels::cpu::{self, Cpu};
 use fusegate_kernels::synth::Rng;
-use fusegate_kernels::{Backend, Observed, OpInputs, Shape, Stage, StageData, Truth, Weights, registry};
+use fusegate_kernels::{
+    Dims, Entry, EntryId, Observed, OpInputs, Shape, Stage, StageData, Truth, Weights, registry, run_once,
+};
 use half::bf16;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -80,7 +82,7 @@ fn data_params() -> impl Strategy<Value = (u64, i32, f64)> {
 fn any_problem() -> impl Strategy<Value = Problem> {
     (8usize..300, prop::sample::select(vec![4usize, 8, 16, 32]), 1usize..=4, 1usize..=2, 1usize..=9, data_params())
         .prop_map(|(h, d, nq, nkv, t, (seed, x_log2, w_std))| Problem {
-            shape: Shape { t, h, nq, nkv, d },
+            shape: Dims { h, nq, nkv, d }.with_t(t),
             seed,
             x_log2,
             w_std,
@@ -95,7 +97,7 @@ fn measurable_problem() -> impl Strategy<Value = Problem> {
         .prop_flat_map(|((d, nkv), nq, h)| {
             let nq = nq.max(32 / d);
             let t_min = 256usize.div_ceil(d * nq.min(nkv));
-            (Just(Shape { t: t_min, h, nq, nkv, d }), t_min..=9, data_params())
+            (Just(Dims { h, nq, nkv, d }.with_t(t_min)), t_min..=9, data_params())
         })
         .prop_map(|(s, t, (seed, x_log2, w_std))| Problem { shape: s.with_t(t), seed, x_log2, w_std })
 }
@@ -125,7 +127,7 @@ fn with_head_norms(mut obs: Observed, w: &Weights, shape: &Shape, eps: f32) -> O
 }
 
 struct Judged {
-    name: &'static str,
+    id: EntryId,
     verdict: Verdict,
     reports: Vec<StageReport>,
 }
@@ -135,24 +137,21 @@ fn judge(p: &Problem) -> Vec<Judged> {
     const EPS: f32 = 1e-6;
     let (x, w) = p.data();
     let inputs = OpInputs { shape: p.shape, x: &x, weights: &w, eps: EPS };
-    let run = |name: &str| {
-        let e = registry::find(name).expect("registry entry");
-        with_head_norms(Cpu.run(e, &inputs).expect("valid inputs"), &w, &p.shape, EPS)
-    };
-    let golden = run("standard");
+    let run = |e: &'static Entry| with_head_norms(run_once(&Cpu, e, &inputs).expect("valid inputs"), &w, &p.shape, EPS);
+    let golden = run(registry::baseline());
     let truths = truth::compute(&p.shape, EPS, &x, &w, &golden);
     registry::variants()
         .map(|e| {
-            let (verdict, reports) = verdict::evaluate(&e.contract(), &run(e.name), &golden, &truths, &p.shape);
-            Judged { name: e.name, verdict, reports }
+            let (verdict, reports) = verdict::evaluate(&e.contract(), &run(e), &golden, &truths, &p.shape);
+            Judged { id: e.id, verdict, reports }
         })
         .collect()
 }
 
 /// f32's q, k, v against the exact op, with the bound its contract sets.
 fn f32_stage_c(judged: &[Judged]) -> Vec<(Stage, f64, f64, f64)> {
-    let f32 = judged.iter().find(|j| j.name == "f32").expect("f32 is a variant");
-    let contract = registry::find("f32").unwrap().contract();
+    let f32 = judged.iter().find(|j| j.id == EntryId::F32).expect("f32 is a variant");
+    let contract = EntryId::F32.entry().contract();
     f32.reports
         .iter()
         .filter(|r| Stage::C.contains(&r.stage))
@@ -172,8 +171,8 @@ proptest! {
     fn on_any_shape_hf_variants_meet_their_contracts_and_f32_beats_pytorch_at_qkv(p in any_problem()) {
         let judged = judge(&p);
         prop_assert_eq!(judged.len(), 4);
-        for j in judged.iter().filter(|j| j.name != "f32") {
-            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.name, p, j.verdict);
+        for j in judged.iter().filter(|j| j.id != EntryId::F32) {
+            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.id, p, j.verdict);
         }
         let c = f32_stage_c(&judged);
         prop_assert_eq!(c.len(), 3);
@@ -185,7 +184,7 @@ proptest! {
         // NaN/Inf positions never differ on finite data, whatever the shape.
         for j in &judged {
             for r in &j.reports {
-                prop_assert_eq!(r.comparison.class_mismatches, 0, "{} {}", j.name, r.stage);
+                prop_assert_eq!(r.comparison.class_mismatches, 0, "{} {}", j.id, r.stage);
             }
         }
     }
@@ -200,10 +199,10 @@ proptest! {
         prop_assert!(s.nq * s.d >= 32 && s.nkv * s.d >= 32 && s.t * s.nq.min(s.nkv) * s.d >= 256 && s.t <= 9);
         let judged = judge(&p);
         for j in &judged {
-            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.name, p, j.verdict);
+            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.id, p, j.verdict);
             // Not vacuous: every bounded stage was measured.
-            for b in registry::find(j.name).unwrap().contract().stages {
-                prop_assert!(j.reports.iter().any(|r| r.stage == b.stage), "{}: {} not measured", j.name, b.stage);
+            for b in j.id.entry().contract().stages {
+                prop_assert!(j.reports.iter().any(|r| r.stage == b.stage), "{}: {} not measured", j.id, b.stage);
             }
         }
         // Strictly more accurate here: f32 differs from HF on about half the outputs, and each

@@ -76,10 +76,11 @@ fn render_contract(out: &mut String, c: &Contract) {
     }
 }
 
-fn case_of(t: &TrialReport) -> &str {
+fn case_of(t: &TrialReport) -> String {
     match &t.check {
-        Check::Golden { case } => case,
-        Check::Invariance => "(invariance)",
+        Check::Golden { case } => case.clone(),
+        Check::Boundary { shape } => format!("(fresh, H={} T={})", shape.h, shape.t),
+        Check::Invariance => "(invariance)".into(),
     }
 }
 
@@ -106,7 +107,7 @@ fn render_variant(run: &ConformanceRun, e: &Entry) -> String {
          error ratio vs exact-op truth, vs golden-operand truth, ulp histogram [{}]; * = bounded by the contract",
         buckets.join(" ")
     );
-    for t in run.trials.iter().filter(|t| t.entry == e.name) {
+    for t in run.trials.iter().filter(|t| t.entry == e.id) {
         let verdict = match &t.outcome {
             Outcome::Passed => "PASS".to_string(),
             Outcome::Failed(why) => format!("FAIL: {}", scrub(why)),
@@ -150,7 +151,7 @@ fn render_mutants(run: &ConformanceRun) -> String {
     for e in registry::mutants() {
         let Role::Mutant { of } = e.role else { unreachable!("registry::mutants() yields mutants") };
         let _ = writeln!(out, "\n{} (judged as {of}): {}", e.name, e.summary);
-        for t in run.trials.iter().filter(|t| t.entry == e.name) {
+        for t in run.trials.iter().filter(|t| t.entry == e.id) {
             let line = match (&t.outcome, &t.verdict) {
                 (Outcome::Passed, Some(Verdict::Fail { reasons })) => {
                     format!("rejected ({} reasons), first: {}", reasons.len(), scrub(&reasons[0]))
@@ -174,7 +175,7 @@ fn cpu_conformance_reports() {
     assert!(run.errors.is_empty(), "committed goldens failed to load: {:?}", run.errors);
     // Every registry entry took part: a snapshot of a run that silently skipped one would pin nothing.
     for e in registry::all() {
-        assert!(run.trials.iter().any(|t| t.entry == e.name), "{} has no trial", e.name);
+        assert!(run.trials.iter().any(|t| t.entry == e.id), "{} has no trial", e.name);
     }
     assert!(run.trials.len() > 100, "only {} trials", run.trials.len());
 

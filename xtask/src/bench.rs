@@ -2,11 +2,11 @@
 
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
-use fusegate_harness::bench::compare;
-use fusegate_harness::bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
-use fusegate_harness::bench::schema::{BenchRun, Cache, Launch};
-use fusegate_harness::bench::stats::StopRule;
-use fusegate_harness::bench::{report, select};
+use fusegate_bench::compare;
+use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
+use fusegate_bench::schema::{BenchRun, Cache, Launch};
+use fusegate_bench::stats::StopRule;
+use fusegate_bench::{report, select};
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::cuda::Cuda;
 use fusegate_kernels::registry::{self, CudaImpl};
@@ -35,7 +35,7 @@ pub struct Args {
     /// Skip the PyTorch eager / torch.compile baselines.
     #[arg(long)]
     no_torch: bool,
-    /// The PyTorch baseline script (default: harness/scripts/torch_baseline.py).
+    /// The PyTorch baseline script (default: bench/scripts/torch_baseline.py).
     #[arg(long, value_name = "PATH")]
     torch_script: Option<PathBuf>,
     /// Compare with an earlier bench JSON: SAME / FASTER / SLOWER per (variant, T, cache).
@@ -52,13 +52,12 @@ pub struct Args {
 }
 
 pub fn load_bench(path: &Path) -> anyhow::Result<BenchRun> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a fusegate bench file", path.display()))
+    BenchRun::load(path).map_err(anyhow::Error::msg)
 }
 
 fn default_script() -> PathBuf {
     std::env::var_os("FUSEGATE_SCRIPTS")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../harness/scripts"), PathBuf::from)
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/scripts"), PathBuf::from)
         .join("torch_baseline.py")
 }
 

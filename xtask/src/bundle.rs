@@ -64,7 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::copy(root.join("target/release/xtask"), out.join("fusegate")).context("copying the binary")?;
-    copy_dir(&root.join("harness/scripts"), &out.join("scripts"))?;
+    copy_dir(&root.join("bench/scripts"), &out.join("scripts"))?;
     copy_dir(&root.join("golden/capture"), &out.join("capture"))?;
     if a.link_goldens {
         std::os::unix::fs::symlink("../golden/data", out.join("golden")).context("linking the goldens")?;

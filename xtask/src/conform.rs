@@ -1,10 +1,11 @@
 //! `cargo xtask conform`: run the conformance suite, print the table, write the results file.
 
 use anyhow::Context;
+use fusegate_bench::schema::slug;
 use fusegate_harness::backends::Choice;
-use fusegate_harness::bench::schema::slug;
 use fusegate_harness::conform::{self, DEFAULT_SEED, Options};
 use fusegate_harness::results::write_atomically;
+use fusegate_kernels::BackendId;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,11 +47,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     for n in &plan.notes {
         println!("{n}");
     }
-    println!("{} trials on {}", plan.trials.len(), plan.backend_label);
+    println!("{} trials on {}", plan.trials.len(), plan.backend);
     // GPU runs show each trial as it finishes (a hung kernel then shows where it hung).
     let total = plan.trials.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let gpu = plan.backend_label != "cpu";
+    let gpu = plan.backend != BackendId::Cpu;
     let run = conform::run(&plan, |r| {
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if gpu {
@@ -66,8 +67,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     // GPU results live beside that GPU's benchmarks (select reads them from there).
     let path = a.json.unwrap_or_else(|| match &run.environment.device {
-        Some(device) => results_dir().join(slug(device)).join(format!("conformance-{}.json", plan.backend_label)),
-        None => results_dir().join(format!("conformance-{}.json", plan.backend_label)),
+        Some(device) => results_dir().join(slug(device)).join(format!("conformance-{}.json", plan.backend)),
+        None => results_dir().join(format!("conformance-{}.json", plan.backend)),
     });
     let json = serde_json::to_vec_pretty(&run).context("serialising results")?;
     write_atomically(&path, &json).with_context(|| format!("writing {}", path.display()))?;

@@ -4,6 +4,7 @@ mod bench;
 mod bundle;
 mod conform;
 mod golden;
+mod kernels;
 mod select;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,7 @@ enum Command {
     Select(select::Args),
     Bundle(bundle::Args),
     Golden(golden::Args),
+    Kernels(kernels::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Select(a) => select::run(a),
         Command::Bundle(a) => bundle::run(a),
         Command::Golden(a) => golden::run(a),
+        Command::Kernels(a) => kernels::run(a),
     };
     match result {
         Ok(code) => code,

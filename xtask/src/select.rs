@@ -3,9 +3,10 @@
 use crate::bench::{load_bench, write_report};
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
-use fusegate_harness::bench::schema::{Launch, slug};
-use fusegate_harness::bench::select::{self, Mix};
-use fusegate_harness::results::write_atomically;
+use fusegate_bench::schema::{Launch, slug};
+use fusegate_bench::select::{self, Mix};
+use fusegate_harness::results::{ConformanceRun, write_atomically};
+use fusegate_kernels::BackendId;
 use std::process::ExitCode;
 
 /// Choose the production variant per token bucket from results/<gpu>/{latest,conformance-cuda}.json.
@@ -44,11 +45,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bench_path = dir.join("latest.json");
     let conf_path = dir.join("conformance-cuda.json");
     let bench = load_bench(&bench_path)?;
-    let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conf_path).with_context(|| {
-        format!("reading {} (run `cargo xtask conform --backend cuda` on this GPU)", conf_path.display())
-    })?)
-    .with_context(|| format!("{}: not JSON", conf_path.display()))?;
-    let gates = select::gates_from_conformance(&conf, "cuda");
+    if !conf_path.is_file() {
+        bail!("no {} (run `cargo xtask conform --backend cuda` on this GPU)", conf_path.display());
+    }
+    let conf = ConformanceRun::load(&conf_path).map_err(anyhow::Error::msg)?;
+    let gates = select::gates_from_conformance(&conf, BackendId::Cuda);
     if gates.is_empty() {
         bail!("{}: no CUDA conformance trials", conf_path.display());
     }

@@ -15,6 +15,10 @@ use std::process::{Command, Output};
 
 use fusegate_golden::edit::{Contents, pin};
 use fusegate_golden::{GoldenError, Manifest, WeightsCache};
+use fusegate_harness::Outcome;
+use fusegate_harness::results::ConformanceRun;
+use fusegate_kernels::registry::{self, Role};
+use fusegate_kernels::{BackendId, EntryId};
 use serde_json::Value;
 
 const CASES: [&str; 3] = ["small-h64-t3", "small-h64-t97", "nonfinite-h256-t9"];
@@ -116,12 +120,12 @@ impl Run {
     }
 
     /// The table's line for (entry, case).
-    fn row(&self, entry: &str, case: &str) -> &str {
+    fn row(&self, entry: EntryId, case: &str) -> &str {
         self.stdout
             .lines()
             .find(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && f[0] == "cpu" && f[1] == entry && f[2] == case
+                f.len() > 3 && f[0] == BackendId::Cpu.name() && f[1] == entry.name() && f[2] == case
             })
             .unwrap_or_else(|| panic!("no table line for {entry} {case}:\n{}", self.stdout))
     }
@@ -139,7 +143,8 @@ fn output(mut cmd: Command) -> Run {
 
 fn conform_cmd(golden: &Path, json: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.arg("conform").args(["--backend", "cpu", "--golden"]).arg(golden).arg("--json").arg(json).args(extra);
+    cmd.arg("conform").args(["--backend", BackendId::Cpu.name(), "--golden"]).arg(golden).arg("--json").arg(json);
+    cmd.args(extra);
     // Never near the repository's results/, whatever a default might do.
     cmd.current_dir(json.parent().filter(|p| p.is_dir()).unwrap_or(Path::new("/")));
     cmd
@@ -147,13 +152,23 @@ fn conform_cmd(golden: &Path, json: &Path, extra: &[&str]) -> Command {
 
 /// `xtask conform --backend cpu --golden <g> --json <json> --variant mixed <extra>`.
 fn conform(g: &Goldens, json: &Path, extra: &[&str]) -> Run {
-    let mut args = vec!["--variant", "mixed"];
+    let mut args = vec!["--variant", EntryId::Mixed.name()];
     args.extend_from_slice(extra);
     output(conform_cmd(&g.dir, json, &args))
 }
 
-const MUTANTS_OF_MIXED: [&str; 5] =
-    ["mutant-round-once", "mutant-skip-weight", "mutant-ulp-bias", "mutant-unwritten", "mutant-bf16-accumulate"];
+/// What `--variant mixed` brings with it: the mutants that impersonate mixed (all golden-visible).
+fn mutants_of_mixed() -> Vec<EntryId> {
+    let mutants: Vec<EntryId> =
+        registry::mutants().filter(|e| e.role == Role::Mutant { of: EntryId::Mixed }).map(|e| e.id).collect();
+    assert_eq!(mutants.len(), 5, "{mutants:?}");
+    mutants
+}
+
+/// The results file, read through the schema that wrote it.
+fn results(json: &Path) -> ConformanceRun {
+    ConformanceRun::load(json).unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// One case could not be loaded: one line naming its file, exit 1, and every other case still
 /// judged (PASS for mixed, REJECTED for its mutants) and written to the results file.
@@ -167,21 +182,21 @@ fn assert_only_case_failed(g: &Goldens, json: &Path, bad: &str, needles: &[&str]
     assert_eq!(run.code, Some(1), "stdout:\n{}", run.stdout);
     for case in CASES {
         let want = if case == bad { ("FAIL", "ACCEPTED!") } else { ("PASS", "REJECTED") };
-        assert!(run.row("mixed", case).contains(&format!(" {} ", want.0)), "{}", run.row("mixed", case));
-        for m in MUTANTS_OF_MIXED {
+        let mixed = EntryId::Mixed;
+        assert!(run.row(mixed, case).contains(&format!(" {} ", want.0)), "{}", run.row(mixed, case));
+        for m in mutants_of_mixed() {
             assert!(run.row(m, case).contains(&format!(" {} ", want.1)), "{}", run.row(m, case));
         }
     }
-    assert!(run.row("mixed", "(invariance)").contains(" PASS "));
+    assert!(run.row(EntryId::Mixed, "(invariance)").contains(" PASS "));
     // The results file holds the whole run, the error included.
-    let results: Value = serde_json::from_slice(&std::fs::read(json).unwrap()).expect("results are JSON");
-    assert_eq!(results["errors"], serde_json::json!([line.trim_start_matches("error: ")]));
-    let trials = results["trials"].as_array().unwrap();
+    let results = results(json);
+    assert_eq!(results.errors, [line.trim_start_matches("error: ")]);
     let failed: Vec<&str> =
-        trials.iter().filter(|t| t["outcome"] == "failed").map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(failed.len(), 1 + MUTANTS_OF_MIXED.len(), "{failed:?}");
+        results.trials.iter().filter(|t| matches!(t.outcome, Outcome::Failed(_))).map(|t| t.name.as_str()).collect();
+    assert_eq!(failed.len(), 1 + mutants_of_mixed().len(), "{failed:?}");
     assert!(failed.iter().all(|n| n.ends_with(&format!("/{bad}"))), "{failed:?}");
-    assert_eq!(trials.len(), 3 * 6 + 1);
+    assert_eq!(results.trials.len(), 3 * 6 + 1);
 }
 
 // ---- Corrupted goldens ----
@@ -195,10 +210,9 @@ fn pristine_fixture_passes_and_exits_0() {
     assert_eq!(run.error_lines(), Vec::<&str>::new());
     assert_eq!(run.code, Some(0), "{}", run.stdout);
     for case in CASES {
-        assert!(run.row("mixed", case).contains(" PASS "));
+        assert!(run.row(EntryId::Mixed, case).contains(" PASS "));
     }
-    let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(results["summary"]["passed"], 19);
+    assert_eq!(results(&json).summary.passed, 19);
 }
 
 #[test]
@@ -290,8 +304,8 @@ fn weights_file_that_is_not_the_one_the_manifest_pinned() {
         assert!(l.starts_with(&format!("error: {}: sha256 mismatch", path.display())), "{l}");
     }
     assert_eq!(run.code, Some(1));
-    assert!(run.row("mixed", "nonfinite-h256-t9").contains(" PASS "));
-    assert!(run.row("mixed", "small-h64-t3").contains(" FAIL "));
+    assert!(run.row(EntryId::Mixed, "nonfinite-h256-t9").contains(" PASS "));
+    assert!(run.row(EntryId::Mixed, "small-h64-t3").contains(" FAIL "));
 }
 
 // ---- Nothing can run: exit 2, one line ----
@@ -342,7 +356,7 @@ fn a_hand_built_case_entry_with_t_zero_is_refused_too() {
 fn unknown_variant_exits_2_with_one_line() {
     let g = Goldens::new();
     let run = output(conform_cmd(&g.dir, &g.scratch("r.json"), &["--variant", "nope"]));
-    run.one_error_line(&["--variant \"nope\"", "no such variant", "mixed"]);
+    run.one_error_line(&["--variant \"nope\"", "no such variant", EntryId::Mixed.name()]);
     assert_eq!(run.code, Some(2));
     assert!(!g.scratch("r.json").exists());
 }
@@ -360,7 +374,7 @@ fn case_pattern_matching_nothing_exits_2_with_one_line() {
 
 /// A quick run: one mutant (no invariance trial) on one tiny case.
 fn quick(g: &Goldens, json: &Path) -> Command {
-    conform_cmd(&g.dir, json, &["--variant", "mutant-ulp-bias", "--case", "small-h64-t3"])
+    conform_cmd(&g.dir, json, &["--variant", EntryId::MutantUlpBias.name(), "--case", "small-h64-t3"])
 }
 
 #[test]

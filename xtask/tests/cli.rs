@@ -56,7 +56,9 @@ fn gpu_commands_without_a_gpu_exit_2_with_one_line() {
     if fusegate_kernels::cuda::Cuda::probe().is_ok() {
         return; // a GPU is present: the commands would run for real
     }
-    for args in [&["bench", "--tokens", "1", "--no-torch"][..], &["conform", "--backend", "cuda"]] {
+    let cuda = fusegate_kernels::BackendId::Cuda.name();
+    for args in [&["bench", "--tokens", "1", "--no-torch"][..], &["conform", "--backend", cuda], &["kernels", "routes"]]
+    {
         let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("run xtask");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");

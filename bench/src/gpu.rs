@@ -15,14 +15,15 @@
 //!   beside other PDL kernels in a serving stack; the check compares with a serial direct launch,
 //!   and a chained launch after a late writer of x must see the written x (it waits).
 
-use crate::bench::nvml::{Gpu, PeakSampler};
-use crate::bench::schema::{Cache, Conditions, Launch, Measurement, Memory};
-use crate::bench::stats::{Estimate, StopRule};
+use crate::nvml::{Gpu, PeakSampler};
 use crate::roofline::{self, Ceilings};
+use crate::schema::{Cache, Conditions, Launch, Measurement, Memory};
+use crate::stats::{Estimate, StopRule};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
-use cudarc::driver::{CudaGraph, CudaStream, sys};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, sys};
 use fusegate_kernels::cuda::{Cuda, Prepared};
-use fusegate_kernels::{BackendError, Entry, OpInputs, Shape, Stage, StageData, Weights, synth};
+use fusegate_kernels::registry::CudaImpl;
+use fusegate_kernels::{BackendError, Entry, EntryId, OpInputs, Shape, Stage, StageData, Weights, synth};
 use half::bf16;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -100,7 +101,8 @@ fn check_graph(
     graph.launch().map_err(dev("replaying the graph"))?;
     cuda.synchronize()?;
     let replayed = outputs(cuda, last)?;
-    let mut direct = cuda.prepare(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false)?;
+    let mut direct =
+        cuda.prepare_inputs(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false, Launch::Serial)?;
     cuda.poison(&mut direct)?;
     cuda.launch(&direct)?;
     cuda.synchronize()?;
@@ -122,7 +124,7 @@ pub struct Sampler<'a> {
     pub seed: u64,
     /// The late-writer probe's verdict per (variant, T): it does not depend on the cache mode, so
     /// it runs once.
-    pub chained_waits: RefCell<HashMap<(&'static str, usize), bool>>,
+    pub chained_waits: RefCell<HashMap<(EntryId, usize), bool>>,
 }
 
 impl Sampler<'_> {
@@ -138,11 +140,8 @@ impl Sampler<'_> {
         cache: Cache,
         launch: Launch,
     ) -> Result<Memory> {
-        let cublas_workspace_bytes = if entry.cuda == fusegate_kernels::registry::CudaImpl::NormThenCublas {
-            self.cuda.cublas_workspace_bytes() as u64
-        } else {
-            0
-        };
+        let cublas_workspace_bytes =
+            if entry.cuda == CudaImpl::NormThenCublas { self.cuda.cublas_workspace_bytes() as u64 } else { 0 };
         let none = |note: &str| Memory { peak_delta_bytes: None, cublas_workspace_bytes, note: Some(note.into()) };
         let Some(gpu) = self.gpu.clone() else { return Ok(none("NVML unavailable")) };
         if cache == Cache::Cold {
@@ -158,7 +157,8 @@ impl Sampler<'_> {
         let sampler = PeakSampler::start(gpu, Duration::from_millis(1));
         {
             let x = synth::activations(&shape, self.seed);
-            let p = self.cuda.prepare(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false)?;
+            let inputs = OpInputs { shape, x: &x, weights, eps: 1e-6 };
+            let p = self.cuda.prepare_inputs(entry, &inputs, false, Launch::Serial)?;
             for _ in 0..3 {
                 self.cuda.launch(&p)?;
             }
@@ -176,13 +176,22 @@ impl Sampler<'_> {
     /// Whether a chained launch of `entry` waits for its predecessor before reading x (see
     /// [`Cuda::chained_waits_for_x`]), probed once per (entry, T).
     fn chained_waits(&self, entry: &'static Entry, shape: Shape, weights: &Weights) -> Result<bool> {
-        if let Some(&w) = self.chained_waits.borrow().get(&(entry.name, shape.t)) {
+        if let Some(&w) = self.chained_waits.borrow().get(&(entry.id, shape.t)) {
             return Ok(w);
         }
         let (x, late) = (synth::activations(&shape, self.seed), synth::activations(&shape, self.seed ^ 0x1a7e));
         let w = self.cuda.chained_waits_for_x(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, &late)?;
-        self.chained_waits.borrow_mut().insert((entry.name, shape.t), w);
+        self.chained_waits.borrow_mut().insert((entry.id, shape.t), w);
         Ok(w)
+    }
+
+    /// Copies of the inputs one cold sample rotates through: enough that more than 3x L2 is read
+    /// between two uses of one copy (1 when hot).
+    fn copies(&self, shape: &Shape, cache: Cache) -> usize {
+        match cache {
+            Cache::Hot => 1,
+            Cache::Cold => (3 * self.l2_bytes).div_ceil((roofline::min_bytes(shape) as u64).max(1)) as usize + 1,
+        }
     }
 
     /// Times one (entry, T, cache, launch) and measures its memory.
@@ -195,58 +204,97 @@ impl Sampler<'_> {
         launch: Launch,
     ) -> Result<Measurement> {
         let cuda = self.cuda;
-        let stream = cuda.stream();
         let memory = self.footprint(entry, shape, weights, cache, launch)?;
-
-        let per_copy = roofline::min_bytes(&shape) as u64;
-        let copies = match cache {
-            Cache::Hot => 1,
-            Cache::Cold => (3 * self.l2_bytes).div_ceil(per_copy.max(1)) as usize + 1,
-        };
+        let copies = self.copies(&shape, cache);
         let use_graph = copies <= 64;
         let x = synth::activations(&shape, self.seed);
         let waits = launch == Launch::Serial || self.chained_waits(entry, shape, weights)?;
-        let mut preps = Vec::new();
         // Each cold copy gets its own device buffers (same values: the work is identical).
-        for _ in 0..if use_graph { copies } else { 1 } {
-            preps.push(cuda.prepare_with(entry, &OpInputs { shape, x: &x, weights, eps: 1e-6 }, false, launch)?);
-        }
+        let inputs = OpInputs { shape, x: &x, weights, eps: 1e-6 };
+        let mut preps = (0..if use_graph { copies } else { 1 })
+            .map(|_| cuda.prepare_inputs(entry, &inputs, false, launch))
+            .collect::<Result<Vec<Prepared>>>()?;
         let floor_us = roofline::floor_s(&shape, &self.ceilings) * 1e6;
         let timer = Timer::new(cuda)?;
         // A rough single-launch time decides how many launches one hot graph holds (~100 us).
         for p in &preps {
             cuda.launch(p)?;
         }
-        let one = timer.time(stream, || cuda.launch(&preps[0]))?.max(1.0);
+        let one = timer.time(cuda.stream(), || cuda.launch(&preps[0]))?.max(1.0);
         let (launches, graph) = if use_graph {
             let reps = if cache == Cache::Hot { ((100.0 / one).ceil() as usize).clamp(1, 64) } else { 1 };
-            let g = {
-                let order: Vec<&Prepared> = (0..reps).flat_map(|_| preps.iter()).collect();
-                capture(cuda, &order)?
-            };
-            let last = preps.len() - 1;
-            check_graph(cuda, &g, &mut preps[last], entry, weights, self.seed)?;
-            // The check wrote fresh inputs into the last copy: restore the timed inputs.
-            cuda.write_x(&mut preps[last], &x)?;
-            (reps * preps.len(), Some(g))
+            (reps * preps.len(), Some(self.checked_graph(&mut preps, reps, entry, weights, &x)?))
         } else {
             (1, None)
         };
-        let flush: Option<cudarc::driver::CudaSlice<u8>> = if graph.is_none() {
-            let pattern = vec![0xa5u8; (2 * self.l2_bytes) as usize];
-            Some(stream.clone_htod(&pattern).map_err(dev("allocating the L2 flush buffer"))?)
-        } else {
-            None
+        let (samples, throttled) = self.samples(&timer, graph.as_ref(), &preps[0], launches)?;
+        let est = Estimate::from_samples(&samples)
+            .ok_or_else(|| BackendError::Device(format!("{} T={}: fewer than 5 samples", entry.name, shape.t)))?;
+        let below = samples.iter().filter(|&&s| s < floor_us).count();
+        Ok(Measurement {
+            variant: entry.id,
+            t: shape.t,
+            cache,
+            launch,
+            method: if graph.is_some() { "graph".into() } else { "events+flush".into() },
+            launches_per_sample: launches,
+            time_us: est,
+            floor_us,
+            bound_by: roofline::bound_by(&shape, &self.ceilings).to_string(),
+            pct_of_floor: 100.0 * floor_us / est.median,
+            below_floor_samples: below,
+            throttled_samples: throttled,
+            graph_checked: graph.is_some(),
+            memory,
+            status: status(waits, below, floor_us),
+        })
+    }
+
+    /// A graph of `reps` rounds over every copy, checked on fresh inputs before it is timed.
+    fn checked_graph(
+        &self,
+        preps: &mut [Prepared],
+        reps: usize,
+        entry: &'static Entry,
+        weights: &Weights,
+        x: &[bf16],
+    ) -> Result<CudaGraph> {
+        let graph = {
+            let order: Vec<&Prepared> = (0..reps).flat_map(|_| preps.iter()).collect();
+            capture(self.cuda, &order)?
         };
-        let mut flush = flush;
-        // Warm-up, then samples until the median is known to the target or the budget ends.
+        let last = preps.len() - 1;
+        check_graph(self.cuda, &graph, &mut preps[last], entry, weights, self.seed)?;
+        // The check wrote fresh inputs into the last copy: restore the timed inputs.
+        self.cuda.write_x(&mut preps[last], x)?;
+        Ok(graph)
+    }
+
+    /// Microseconds per launch: warm-up, then samples until the median is known to the target or
+    /// the budget ends; also how many samples were taken while the card throttled. Without a graph,
+    /// each sample flushes L2 (writes a buffer of twice its size) and times one launch of `first`.
+    fn samples(
+        &self,
+        timer: &Timer,
+        graph: Option<&CudaGraph>,
+        first: &Prepared,
+        launches: usize,
+    ) -> Result<(Vec<f64>, usize)> {
+        let (cuda, stream) = (self.cuda, self.cuda.stream());
+        let mut flush: Option<CudaSlice<u8>> = match graph {
+            Some(_) => None,
+            None => {
+                let pattern = vec![0xa5u8; (2 * self.l2_bytes) as usize];
+                Some(stream.clone_htod(&pattern).map_err(dev("allocating the L2 flush buffer"))?)
+            }
+        };
         let mut sample = || -> Result<f64> {
             if let Some(f) = flush.as_mut() {
                 stream.memset_zeros(f).map_err(dev("flushing L2"))?;
             }
-            let us = match &graph {
+            let us = match graph {
                 Some(g) => timer.time(stream, || g.launch().map_err(dev("replaying the graph")))?,
-                None => timer.time(stream, || cuda.launch(&preps[0]))?,
+                None => timer.time(stream, || cuda.launch(first))?,
             };
             Ok(us / launches as f64)
         };
@@ -262,33 +310,18 @@ impl Sampler<'_> {
             }
         }
         cuda.synchronize()?;
-        let est = Estimate::from_samples(&samples)
-            .ok_or_else(|| BackendError::Device(format!("{} T={}: fewer than 5 samples", entry.name, shape.t)))?;
-        let below = samples.iter().filter(|&&s| s < floor_us).count();
-        let status = if !waits {
-            "wrong: a chained launch read x before its predecessor had written it".to_string()
-        } else if below > 0 {
-            format!("measurement error: {below} samples faster than the {floor_us:.2} us floor")
-        } else {
-            "ok".to_string()
-        };
-        Ok(Measurement {
-            variant: entry.name.to_string(),
-            t: shape.t,
-            cache,
-            launch,
-            method: if graph.is_some() { "graph".into() } else { "events+flush".into() },
-            launches_per_sample: launches,
-            time_us: est,
-            floor_us,
-            bound_by: roofline::bound_by(&shape, &self.ceilings).to_string(),
-            pct_of_floor: 100.0 * floor_us / est.median,
-            below_floor_samples: below,
-            throttled_samples: throttled,
-            graph_checked: graph.is_some(),
-            memory,
-            status,
-        })
+        Ok((samples, throttled))
+    }
+}
+
+/// "ok", or why a figure must not be used.
+fn status(waits: bool, below_floor: usize, floor_us: f64) -> String {
+    if !waits {
+        "wrong: a chained launch read x before its predecessor had written it".to_string()
+    } else if below_floor > 0 {
+        format!("measurement error: {below_floor} samples faster than the {floor_us:.2} us floor")
+    } else {
+        "ok".to_string()
     }
 }
 
@@ -299,15 +332,22 @@ pub fn conditions(gpu: Option<&Gpu>) -> Conditions {
 
 /// Measures the device's copy bandwidth and bf16 GEMM rate on random data (once per machine).
 pub fn measure_ceilings(cuda: &Cuda) -> Result<Ceilings> {
-    let stream = cuda.stream();
     let timer = Timer::new(cuda)?;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    // Copy: 512 MiB each way (far beyond L2), bytes read plus bytes written.
-    let n = 128 << 20;
     let mut rng = synth::Rng::new(11);
+    let bandwidth = copy_bandwidth(cuda, &timer, &mut rng)?;
+    let bf16_flops = gemm_rate(cuda, &timer, &mut rng)?;
+    Ok(Ceilings { bandwidth, bf16_flops })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Device-to-device copy of 512 MiB (far beyond L2), bytes read plus bytes written, per second.
+fn copy_bandwidth(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f64> {
+    let stream = cuda.stream();
+    let n = 128 << 20;
     let host: Vec<f32> = (0..n).map(|_| rng.next_u64() as f32).collect();
     let src = stream.clone_htod(&host).map_err(dev("allocating the copy source"))?;
     let mut dst = stream.alloc_zeros::<f32>(n).map_err(dev("allocating the copy destination"))?;
@@ -315,9 +355,12 @@ pub fn measure_ceilings(cuda: &Cuda) -> Result<Ceilings> {
     for _ in 0..12 {
         copy.push(timer.time(stream, || stream.memcpy_dtod(&src, &mut dst).map_err(dev("copying")))?);
     }
-    let bandwidth = 2.0 * (n * 4) as f64 / (median(copy) * 1e-6);
-    drop((src, dst));
-    // GEMM: 8192^3 bf16, fp32 accumulation, random operands.
+    Ok(2.0 * (n * 4) as f64 / (median(copy) * 1e-6))
+}
+
+/// An 8192^3 bf16 GEMM with fp32 accumulation on random operands, in flop/s.
+fn gemm_rate(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f64> {
+    let stream = cuda.stream();
     let m = 8192usize;
     let vals: Vec<bf16> = (0..m * m).map(|_| bf16::from_f32((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)).collect();
     let a = stream.clone_htod(&vals).map_err(dev("allocating GEMM operands"))?;
@@ -346,6 +389,5 @@ pub fn measure_ceilings(cuda: &Cuda) -> Result<Ceilings> {
             gemm.push(us);
         }
     }
-    let bf16_flops = 2.0 * (m * m * m) as f64 / (median(gemm) * 1e-6);
-    Ok(Ceilings { bandwidth, bf16_flops })
+    Ok(2.0 * (m * m * m) as f64 / (median(gemm) * 1e-6))
 }

@@ -10,11 +10,15 @@
 //!   "serial" (each launch after the previous one finished) or "chained" (programmatic dependent
 //!   launch: only the fused decode kernels take part; absent in files before it existed = serial);
 //! - `baselines`: PyTorch eager and torch.compile measured in the same run, or why they are absent.
+//!
+//! The same types write and read the file; `variant` is a registry [`EntryId`] (written as its name).
 
-use crate::bench::stats::{Estimate, StopRule};
 use crate::roofline::Ceilings;
+use crate::stats::{Estimate, StopRule};
+use fusegate_kernels::EntryId;
 pub use fusegate_kernels::cuda::Launch;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 pub const SCHEMA: &str = "fusegate-bench-v1";
 
@@ -91,7 +95,7 @@ pub enum Cache {
 
 impl std::fmt::Display for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Cache::Cold => "cold",
             Cache::Hot => "hot",
         })
@@ -110,7 +114,7 @@ pub struct Memory {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
-    pub variant: String,
+    pub variant: EntryId,
     pub t: usize,
     pub cache: Cache,
     /// How consecutive launches in the timed graph relate.
@@ -142,10 +146,37 @@ impl Measurement {
     }
 }
 
+/// An external baseline: PyTorch's own path, timed by bench/scripts/torch_baseline.py (not a
+/// registry entry). Written as "torch-eager" / "torch-compile".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaselineId {
+    /// HF Qwen3RMSNorm, then F.linear.
+    TorchEager,
+    /// The same under torch.compile.
+    TorchCompile,
+}
+
+impl BaselineId {
+    pub const ALL: [BaselineId; 2] = [BaselineId::TorchEager, BaselineId::TorchCompile];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselineId::TorchEager => "torch-eager",
+            BaselineId::TorchCompile => "torch-compile",
+        }
+    }
+}
+
+impl std::fmt::Display for BaselineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
-    /// "torch-eager" (HF Qwen3RMSNorm then F.linear) or "torch-compile".
-    pub name: String,
+    pub name: BaselineId,
     pub t: usize,
     pub cache: Cache,
     pub time_us: Estimate,
@@ -184,8 +215,20 @@ fn serial_only() -> Vec<Launch> {
 }
 
 impl BenchRun {
-    pub fn find(&self, variant: &str, t: usize, cache: Cache, launch: Launch) -> Option<&Measurement> {
+    /// Reads a bench file of this schema (files from before `launch` existed read as serial); the
+    /// error is one line naming the file.
+    pub fn load(path: &Path) -> Result<BenchRun, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a fusegate bench file: {e}", path.display()))
+    }
+
+    pub fn find(&self, variant: EntryId, t: usize, cache: Cache, launch: Launch) -> Option<&Measurement> {
         self.measurements.iter().find(|m| m.variant == variant && m.t == t && m.cache == cache && m.launch == launch)
+    }
+
+    /// A PyTorch baseline's figure at (T, cache), if it was measured.
+    pub fn baseline(&self, name: BaselineId, t: usize, cache: Cache) -> Option<&Baseline> {
+        self.baselines.iter().find(|b| b.name == name && b.t == t && b.cache == cache)
     }
 }
 
@@ -210,5 +253,41 @@ mod tests {
         assert!(a.differences(&b).is_empty());
         b.driver = "575.1".into();
         assert_eq!(a.differences(&b), vec!["driver: 580.159.04 != 575.1".to_string()]);
+    }
+
+    #[test]
+    fn baselines_are_written_by_their_script_names() {
+        assert_eq!(serde_json::to_string(&BaselineId::ALL).unwrap(), r#"["torch-eager","torch-compile"]"#);
+        for b in BaselineId::ALL {
+            assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{b}\""));
+        }
+        assert!(serde_json::from_str::<BaselineId>(r#""torch-jit""#).is_err());
+    }
+
+    #[test]
+    fn committed_bench_files_load_and_round_trip() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut paths = vec![root.join("suites/tests/fixtures/bench-nvidia-h200.json")];
+        for gpu in ["nvidia-h200", "nvidia-h100-80gb-hbm3"] {
+            let dir = root.join("results").join(gpu);
+            let files = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            paths.extend(files.map(|f| f.unwrap().path()).filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("bench-") || n == "latest.json")
+            }));
+        }
+        assert!(paths.len() >= 13, "{paths:?}");
+        for p in &paths {
+            let run = BenchRun::load(p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!run.measurements.is_empty(), "{}", p.display());
+            // Written back and read again, nothing changes (the typed ids write what they read).
+            let again: BenchRun = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+            assert_eq!(again, run, "{}", p.display());
+            let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            let variants = original["measurements"].as_array().unwrap().iter().map(|m| m["variant"].clone());
+            let written = run.measurements.iter().map(|m| serde_json::to_value(m.variant).unwrap());
+            assert!(variants.eq(written), "{}", p.display());
+        }
+        let missing = BenchRun::load(&root.join("results/no-such-gpu/latest.json")).unwrap_err();
+        assert!(missing.starts_with("reading ") && !missing.contains('\n'), "{missing}");
     }
 }

@@ -4,7 +4,7 @@
 use fusegate_kernels::Shape;
 use serde::{Deserialize, Serialize};
 
-/// The device's two ceilings, measured once per machine (see `bench::gpu::measure_ceilings`).
+/// The device's two ceilings, measured once per machine (see [`crate::gpu::measure_ceilings`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ceilings {
     /// Device-to-device copy, counting bytes read plus bytes written, in bytes/s.

@@ -1,6 +1,6 @@
 //! NVML: the card's identity and state (recorded, never changed) and this process's device memory.
 
-use crate::bench::schema::Conditions;
+use crate::schema::Conditions;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};

@@ -1,0 +1,269 @@
+//! results/<gpu>/report.md and its SVG plot: latency against T per variant, the PyTorch baselines
+//! and the floor, with the performance targets checked against the numbers.
+
+mod plot;
+
+pub use plot::plot_svg;
+
+use crate::schema::{BaselineId, BenchRun, Cache, Launch, Measurement};
+use crate::select::Decision;
+use fusegate_kernels::EntryId;
+use fusegate_kernels::registry::{self, CudaImpl};
+use std::fmt::Write as _;
+
+/// A measurement's column and legend name: the variant, marked when chained.
+fn label(m: &Measurement) -> String {
+    column_name(m.variant, m.launch)
+}
+
+fn column_name(variant: EntryId, launch: Launch) -> String {
+    match launch {
+        Launch::Serial => variant.to_string(),
+        Launch::Chained => format!("{variant} (chained)"),
+    }
+}
+
+/// The fused variants (one kernel each), in registry order.
+fn fused() -> impl Iterator<Item = EntryId> {
+    registry::variants().filter(|e| matches!(e.cuda, CudaImpl::Fused { .. })).map(|e| e.id)
+}
+
+/// The fastest usable fused figure at (T, cold, launch): (variant, median, floor).
+fn best_fused(run: &BenchRun, t: usize, launch: Launch) -> Option<(EntryId, f64, f64)> {
+    fused()
+        .filter_map(|v| run.find(v, t, Cache::Cold, launch).filter(|m| m.usable()))
+        .map(|m| (m.variant, m.time_us.median, m.floor_us))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// report.md: the tables, the targets, the decision's dispatch.
+pub fn markdown(run: &BenchRun, decision: Option<&Decision>, svg_name: &str) -> String {
+    let mut s = String::new();
+    write_header(&mut s, run, svg_name);
+    for cache in [Cache::Cold, Cache::Hot] {
+        write_table(&mut s, run, cache);
+    }
+    if let Some(note) = &run.baseline_note {
+        let _ = writeln!(s, "PyTorch baselines: {note}\n");
+    }
+    let _ = writeln!(
+        s,
+        "## Targets\n\nThe standard path and PyTorch are launched serially (cuBLAS and PyTorch's kernels do not take \
+         part in PDL); the fused decode kernels are checked in both regimes.\n"
+    );
+    write_decode_targets(&mut s, run);
+    if let Some(d) = decision {
+        write_prefill_targets(&mut s, run, d);
+    }
+    let _ =
+        writeln!(s, "- Whole default matrix: {:.0} s (target < 300 s: {})", run.seconds, verdict(run.seconds < 300.0));
+    s
+}
+
+/// The GPU, its fingerprint and ceilings, the card's state at the start, the plot.
+fn write_header(s: &mut String, run: &BenchRun, svg_name: &str) {
+    let fp = &run.fingerprint;
+    let _ = writeln!(s, "# fusegate benchmark: {}\n", fp.gpu);
+    let _ = writeln!(
+        s,
+        "{} SMs, L2 {} MiB, driver {}, CUDA driver API {}, cuBLAS {}; measured copy bandwidth {:.2} TB/s, bf16 GEMM {:.0} TFLOP/s. Run {} (commit {}), {:.0} s.\n",
+        fp.sm_count,
+        fp.l2_bytes >> 20,
+        fp.driver,
+        fp.cuda_driver_api,
+        fp.cublas,
+        run.ceilings.bandwidth / 1e12,
+        run.ceilings.bf16_flops / 1e12,
+        run.utc,
+        run.git_commit,
+        run.seconds
+    );
+    let c = &run.conditions_start;
+    let known = |v: Option<u32>| v.map_or("?".into(), |v| v.to_string());
+    let _ = writeln!(
+        s,
+        "Card at start: SM {} MHz, memory {} MHz, {} C, {:.0} W, throttle reasons: {}.\n",
+        known(c.sm_clock_mhz),
+        known(c.mem_clock_mhz),
+        known(c.temperature_c),
+        c.power_w.unwrap_or(f64::NAN),
+        if c.throttle_reasons.is_empty() { "none".to_string() } else { c.throttle_reasons.join(", ") }
+    );
+    let _ = writeln!(s, "![latency vs T]({svg_name})\n");
+}
+
+/// One cache mode: per T, the floor, each (variant, launch) column and the PyTorch baselines.
+fn write_table(s: &mut String, run: &BenchRun, cache: Cache) {
+    let _ = writeln!(s, "## {cache} L2: median us per call [95% CI], % of floor\n");
+    let columns = columns(run);
+    let names: Vec<String> = columns.iter().map(|&(v, l)| column_name(v, l)).collect();
+    let baselines: Vec<&str> = BaselineId::ALL.iter().map(|b| b.name()).collect();
+    let _ = writeln!(s, "| T | floor | {} | {} |", names.join(" | "), baselines.join(" | "));
+    let _ = writeln!(s, "|---|---|{}---|---|", "---|".repeat(columns.len()));
+    for &t in &run.config.tokens {
+        let floor = run.measurements.iter().find(|m| m.t == t).map_or(f64::NAN, |m| m.floor_us);
+        let mut row = format!("| {t} | {floor:.2} |");
+        for &(v, launch) in &columns {
+            row += &match run.find(v, t, cache, launch) {
+                Some(m) if m.usable() => format!(
+                    " {:.2} [{:.2}, {:.2}] {:.0}% |",
+                    m.time_us.median, m.time_us.ci_lo, m.time_us.ci_hi, m.pct_of_floor
+                ),
+                Some(m) => format!(" {} |", m.status),
+                None => " - |".into(),
+            };
+        }
+        for b in BaselineId::ALL {
+            row += &run.baseline(b, t, cache).map_or(" - |".into(), |b| format!(" {:.2} |", b.time_us.median));
+        }
+        let _ = writeln!(s, "{row}");
+    }
+    let _ = writeln!(s);
+}
+
+/// Decode (T <= 32), both launch regimes: the best fused figure against the floor, the standard
+/// path and PyTorch eager.
+fn write_decode_targets(s: &mut String, run: &BenchRun) {
+    let decode = run.config.tokens.iter().filter(|&&t| t <= 32);
+    for (t, launch) in decode.flat_map(|&t| [(t, Launch::Serial), (t, Launch::Chained)]) {
+        let Some((v, med, floor)) = best_fused(run, t, launch) else { continue };
+        let std = run.find(registry::baseline().id, t, Cache::Cold, Launch::Serial).map(|m| m.time_us.median);
+        let eager = run.baseline(BaselineId::TorchEager, t, Cache::Cold);
+        let _ = writeln!(
+            s,
+            "- T={t}, cold, {launch}: best fused `{v}` {med:.2} us = {:.2}x the floor (target <= 1.5: {}); {} vs standard (target >= 3x: {}); {} vs PyTorch eager (target >= 10x: {})",
+            med / floor,
+            verdict(med / floor <= 1.5),
+            std.map_or("n/a".into(), |x| format!("{:.2}x faster", x / med)),
+            std.map_or("n/a", |x| verdict(x / med >= 3.0)),
+            eager.map_or("n/a".into(), |e| format!("{:.2}x faster", e.time_us.median / med)),
+            eager.map_or("n/a", |e| verdict(e.time_us.median / med >= 10.0)),
+        );
+    }
+}
+
+/// Prefill (T >= 2048): what the dispatch picks there, against the standard path.
+fn write_prefill_targets(s: &mut String, run: &BenchRun, d: &Decision) {
+    let standard = registry::baseline().id;
+    for &t in run.config.tokens.iter().filter(|&&t| t >= 2048) {
+        let chosen = d.dispatch.iter().find(|r| r.t_from <= t && t <= r.t_to).map(|r| r.variant);
+        let (Some(v), Some(std)) = (chosen, run.find(standard, t, Cache::Cold, Launch::Serial)) else { continue };
+        if let Some(m) = run.find(v, t, Cache::Cold, Launch::Serial) {
+            let r = m.time_us.median / std.time_us.median;
+            let _ = writeln!(
+                s,
+                "- T={t}, cold: the dispatch picks `{v}`, {r:.3}x the standard path (target <= 1.05: {})",
+                verdict(r <= 1.05)
+            );
+        }
+    }
+}
+
+/// The table's columns: (variant, launch) in the order first measured.
+fn columns(run: &BenchRun) -> Vec<(EntryId, Launch)> {
+    let mut v: Vec<(EntryId, Launch)> = Vec::new();
+    for m in &run.measurements {
+        if !v.contains(&(m.variant, m.launch)) {
+            v.push((m.variant, m.launch));
+        }
+    }
+    v
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "holds" } else { "**missed**" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::{Gates, Mix, decide};
+    use crate::testdata::fixture_bench;
+    use std::collections::BTreeMap;
+
+    /// The fixture's gates as its conformance run found them: mixed's contract failed.
+    fn gates() -> BTreeMap<EntryId, Gates> {
+        let open = |contract: bool, batch_invariant: bool| Gates {
+            contract,
+            deterministic: true,
+            batch_invariant,
+            chains_safely: None,
+            reason: (!contract).then(|| "contract failed on qwen3-typical-t128: occupancy".into()),
+        };
+        BTreeMap::from([
+            (EntryId::Standard, open(true, true)),
+            (EntryId::F32, open(true, false)),
+            (EntryId::Mixed, open(false, false)),
+            (EntryId::Exact, open(true, true)),
+        ])
+    }
+
+    #[test]
+    fn markdown_names_the_gpu_tables_targets_and_the_dispatch() {
+        let run = fixture_bench();
+        let d = decide(&run, gates(), Mix::default(), ("b".into(), "c".into()), Launch::Serial);
+        let md = markdown(&run, Some(&d), "latency.svg");
+        assert!(md.starts_with("# fusegate benchmark: NVIDIA H200\n\n132 SMs, L2 60 MiB, driver 580.159.04,"), "{md}");
+        assert!(md.contains("![latency vs T](latency.svg)"));
+        let header = "| T | floor | standard | f32 | mixed | mixed (chained) | exact | exact (chained) | torch-eager | torch-compile |";
+        assert_eq!(md.matches(header).count(), 2, "a cold and a hot table: {md}");
+        assert!(md.contains("| 128 | 2.34 | 9.59 [9.56, 9.61] 24% |"), "{md}");
+        // T=1 cold serial: exact 5.691 us beats mixed 5.728 and f32 28.88; floor 2.024, standard
+        // 8.106, PyTorch eager 173.8.
+        assert!(md.contains(
+            "- T=1, cold, serial: best fused `exact` 5.69 us = 2.81x the floor (target <= 1.5: **missed**); \
+             1.42x faster vs standard (target >= 3x: **missed**); 30.54x faster vs PyTorch eager (target >= 10x: holds)"
+        ));
+        assert_eq!(md.matches(", cold, chained: best fused `").count(), 3, "T = 1, 8, 32 chained: {md}");
+        for t in [2048, 8192] {
+            let line = format!(
+                "- T={t}, cold: the dispatch picks `standard`, 1.000x the standard path (target <= 1.05: holds)"
+            );
+            assert!(md.contains(&line), "{md}");
+        }
+        assert!(md.ends_with("- Whole default matrix: 49 s (target < 300 s: holds)\n"), "{md}");
+
+        let without = markdown(&run, None, "x.svg");
+        assert!(!without.contains("the dispatch picks") && without.contains("![latency vs T](x.svg)"));
+    }
+
+    /// The value of attribute `name` in one SVG element.
+    fn attr<'a>(element: &'a str, name: &str) -> &'a str {
+        element.split(&format!(" {name}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("")
+    }
+
+    #[test]
+    fn the_plot_is_an_svg_with_a_line_per_variant_and_regime() {
+        let svg = plot_svg(&fixture_bench()).unwrap();
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{svg}");
+        assert_eq!(svg.matches("<svg").count(), 1);
+        assert!(svg.contains("fused RMSNorm + QKV on NVIDIA H200 (cold L2, median)"));
+        let legend = [
+            "exact",
+            "exact (chained)",
+            "f32",
+            "mixed",
+            "mixed (chained)",
+            "standard",
+            "torch-eager",
+            "torch-compile",
+            "floor (speed of light)",
+        ];
+        for name in legend {
+            assert!(svg.contains(&format!("\n{name}\n</text>")), "no legend entry {name:?}");
+        }
+        // Measured lines are 2 px wide, one colour each, drawn once as a line and once in the legend.
+        let wide: Vec<&str> =
+            svg.lines().filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\"")).collect();
+        let mut colours: Vec<&str> = wide.iter().map(|l| attr(l, "stroke")).collect();
+        colours.sort();
+        colours.dedup();
+        assert_eq!((wide.len(), colours.len()), (12, 6), "six measured lines: {wide:?}");
+        // In legend order: exact, exact (chained), f32, mixed, mixed (chained), standard; chained
+        // figures exist at T = 1, 8, 32 only.
+        let points: Vec<usize> = wide[..6].iter().map(|l| attr(l, "points").split_whitespace().count()).collect();
+        assert_eq!(points, [7, 3, 7, 7, 3, 7]);
+        // A point per figure: 34 cold measurements, 14 cold PyTorch figures, 7 floor points.
+        assert_eq!(svg.matches("<circle").count(), 34 + 14 + 7);
+    }
+}
