@@ -25,27 +25,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const SCHEMA: &str = "fusegate-conformance-v1";
 
-/// The schema tag of a conformance file: written as [`SCHEMA`]; reading a file with another tag
-/// fails, naming both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConformanceSchema;
+/// A results format's name, as its files' `schema` field spells it.
+pub trait SchemaName {
+    const NAME: &'static str;
+}
 
-impl Serialize for ConformanceSchema {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(SCHEMA)
+/// A results file's schema tag: written as `S::NAME`; reading a file with another tag fails,
+/// naming both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchemaTag<S>(std::marker::PhantomData<S>);
+
+impl<S: SchemaName> Serialize for SchemaTag<S> {
+    fn serialize<Se: Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
+        s.serialize_str(S::NAME)
     }
 }
 
-impl<'de> Deserialize<'de> for ConformanceSchema {
+impl<'de, S: SchemaName> Deserialize<'de> for SchemaTag<S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let tag = String::deserialize(d)?;
-        if tag == SCHEMA {
-            Ok(ConformanceSchema)
+        if tag == S::NAME {
+            Ok(SchemaTag(std::marker::PhantomData))
         } else {
-            Err(serde::de::Error::custom(format!("schema {tag:?}, expected {SCHEMA:?}")))
+            Err(serde::de::Error::custom(format!("schema {tag:?}, expected {:?}", S::NAME)))
         }
     }
 }
+
+/// The conformance format (`fusegate-conformance-v1`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conformance;
+
+impl SchemaName for Conformance {
+    const NAME: &'static str = SCHEMA;
+}
+
+pub type ConformanceSchema = SchemaTag<Conformance>;
 
 /// Where and with what a run happened: results without it cannot be compared.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -167,7 +182,7 @@ impl ConformanceRun {
             }
         }
         ConformanceRun {
-            schema: ConformanceSchema,
+            schema: ConformanceSchema::default(),
             backend,
             environment,
             golden,

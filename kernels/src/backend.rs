@@ -73,6 +73,12 @@ pub trait Backend: Send + Sync {
     fn path_boundaries(&self, _entry: &Entry, _dims: &Dims) -> Vec<usize> {
         Vec::new()
     }
+    /// Whether `a` and `b` give the same bits on every input here (the CPU emulates arithmetic, not
+    /// schedules: entries with the same numerics and fault are one computation there), so a
+    /// caller may judge one and report it for both.
+    fn same_results(&self, _a: &Entry, _b: &Entry) -> bool {
+        false
+    }
     /// The device it runs on, for results' environment fingerprint (`None` for the host CPU).
     fn device(&self) -> Option<String> {
         None

@@ -45,6 +45,21 @@ impl StageBound {
     }
 }
 
+/// What a variant promises inside a whole Qwen3 forward pass, relative to HF's own noise floor: at
+/// every layer and figure, the worst of HF's floor runs (another batch size, sdpa attention,
+/// decode instead of prefill) against HF's reference.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelContract {
+    /// Each layer's drift (relative L2 of the residual stream to HF's) at most this multiple of
+    /// the floor's at that layer: judged on every model.
+    pub max_drift_over_floor: f64,
+    /// Mean KL(HF || entry) at most this multiple of the floor's: judged where the output is
+    /// stable (a chaotic model's floor is too wide to separate anything at the output).
+    pub max_kl_over_floor: f64,
+    /// Same-top-1 at least the floor's minus this many percentage points (stable output only).
+    pub max_top1_drop_pct: f64,
+}
+
 /// A variant's whole promise.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Contract {
@@ -54,6 +69,8 @@ pub struct Contract {
     pub deterministic: bool,
     /// Row t's output does not depend on how many other rows share the launch.
     pub batch_invariant: bool,
+    /// Inside a Qwen3 forward pass.
+    pub model: ModelContract,
 }
 
 impl Contract {

@@ -5,7 +5,9 @@ mod bundle;
 mod conform;
 mod golden;
 mod kernels;
+mod model_check;
 mod select;
+mod synth_model;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ enum Command {
     Bundle(bundle::Args),
     Golden(golden::Args),
     Kernels(kernels::Args),
+    ModelCheck(model_check::Args),
+    SynthModel(synth_model::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
         Command::Bundle(a) => bundle::run(a),
         Command::Golden(a) => golden::run(a),
         Command::Kernels(a) => kernels::run(a),
+        Command::ModelCheck(a) => model_check::run(a),
+        Command::SynthModel(a) => synth_model::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,83 @@
+//! `cargo xtask model-check`: every registry entry inside a Qwen3 forward pass, judged per layer
+//! and per token against HF transformers and HF's own noise floor.
+
+use anyhow::Context;
+use fusegate_harness::backends::Choice;
+use fusegate_harness::conform::resolve_backend;
+use fusegate_harness::results::write_atomically;
+use fusegate_kernels::EntryId;
+use fusegate_model::gate::{self, Options};
+use fusegate_model::report;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::conform::results_dir;
+
+/// Judge registry entries inside a Qwen3 forward pass against HF's goldens and noise floor.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model golden directory (holds manifest.json; repeatable). Default: every one under golden/model.
+    #[arg(long, value_name = "DIR")]
+    golden: Vec<PathBuf>,
+    /// Only the committed goldens of synthetic models with this many layers.
+    #[arg(long, value_name = "LAYERS", conflicts_with = "golden")]
+    synthetic: Option<usize>,
+    /// A checkpoint directory to judge (HF layout) instead of regenerating the goldens' synthetic one.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Entry to judge (repeatable). Default: every entry the backend runs.
+    #[arg(long = "variant", value_name = "V")]
+    variants: Vec<EntryId>,
+    #[arg(long, default_value = "cpu", value_parser = parse_choice)]
+    backend: Choice,
+    /// Skip the controls and the resolution sweep.
+    #[arg(long)]
+    no_controls: bool,
+    /// Results file. Default: results/model-<backend>.json, with model-<backend>.md and one SVG per model.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn parse_choice(s: &str) -> Result<Choice, String> {
+    s.parse()
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut goldens = a.golden.clone();
+    if goldens.is_empty() {
+        let root = gate::default_golden_root();
+        goldens = gate::committed_goldens(&root);
+        if let Some(layers) = a.synthetic {
+            goldens.retain(|d| fusegate_model::golden::ModelGolden::layers_of(d) == Some(layers));
+        }
+        anyhow::ensure!(
+            !goldens.is_empty(),
+            "no model goldens under {} (for --synthetic {:?})",
+            root.display(),
+            a.synthetic
+        );
+    }
+    let (slot, notes) = resolve_backend(a.backend)?;
+    notes.iter().for_each(|n| println!("{n}"));
+    let backend = slot.backend.map_err(|why| anyhow::anyhow!("--backend: {why}"))?;
+    let entries = a.variants.iter().map(|id| id.entry()).collect();
+    let opts = Options { goldens, checkpoint: a.model, entries, controls: !a.no_controls };
+    let run = gate::run(backend.as_ref(), &opts, &|line| eprintln!("model-check: {line}"))?;
+    let stem = format!("model-{}", run.backend);
+    let json = a.json.unwrap_or_else(|| results_dir().join(format!("{stem}.json")));
+    let dir = json.parent().map(PathBuf::from).unwrap_or_default();
+    let svg_name = |model: &str| format!("{stem}-{model}.svg");
+    for m in &run.models {
+        let svg = report::drift_svg(m).map_err(|e| anyhow::anyhow!("plotting {}: {e}", m.name))?;
+        let path = dir.join(svg_name(&m.name));
+        write_atomically(&path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let md = report::markdown(&run, &svg_name);
+    let md_path = json.with_extension("md");
+    write_atomically(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;
+    let bytes = serde_json::to_vec_pretty(&run).context("serialising results")?;
+    write_atomically(&json, &bytes).with_context(|| format!("writing {}", json.display()))?;
+    print!("{md}");
+    println!("results: {} ({:.1} s)", json.display(), run.seconds);
+    Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
