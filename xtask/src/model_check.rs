@@ -6,8 +6,12 @@ use fusegate_harness::backends::Choice;
 use fusegate_harness::conform::resolve_backend;
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::EntryId;
+use fusegate_model::check::default_entries;
+use fusegate_model::controls::CONTROLS;
 use fusegate_model::gate::{self, Options};
 use fusegate_model::report;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,6 +46,38 @@ fn parse_choice(s: &str) -> Result<Choice, String> {
     s.parse()
 }
 
+/// A progress bar on a terminal (a judged entry is a step); elsewhere one line per step.
+struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    fn new(steps: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let style = ProgressStyle::with_template("model-check [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            ProgressBar::new(steps).with_style(style)
+        });
+        Progress(bar)
+    }
+
+    fn step(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => {
+                bar.set_message(line.to_string());
+                if !line.contains(": loaded") {
+                    bar.inc(1);
+                }
+            }
+            None => eprintln!("model-check: {line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut goldens = a.golden.clone();
     if goldens.is_empty() {
@@ -60,9 +96,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (slot, notes) = resolve_backend(a.backend)?;
     notes.iter().for_each(|n| println!("{n}"));
     let backend = slot.backend.map_err(|why| anyhow::anyhow!("--backend: {why}"))?;
-    let entries = a.variants.iter().map(|id| id.entry()).collect();
+    let entries: Vec<_> = a.variants.iter().map(|id| id.entry()).collect();
+    let steps_per_model = if entries.is_empty() { default_entries(backend.as_ref()).len() } else { entries.len() }
+        + if a.no_controls { 0 } else { CONTROLS.len() };
+    let progress = Progress::new((goldens.len() * steps_per_model) as u64);
     let opts = Options { goldens, checkpoint: a.model, entries, controls: !a.no_controls };
-    let run = gate::run(backend.as_ref(), &opts, &|line| eprintln!("model-check: {line}"))?;
+    let run = gate::run(backend.as_ref(), &opts, &|line| progress.step(line));
+    progress.finish();
+    let run = run?;
     let stem = format!("model-{}", run.backend);
     let json = a.json.unwrap_or_else(|| results_dir().join(format!("{stem}.json")));
     let dir = json.parent().map(PathBuf::from).unwrap_or_default();
