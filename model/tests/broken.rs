@@ -148,7 +148,7 @@ fn a_tensor_stored_as_f32_is_named_with_both_dtypes() {
     let (_t, dir) = good();
     let name = "model.layers.0.input_layernorm.weight";
     edit_tensors(&dir, |t| {
-        let f32 = t[name].as_f32();
+        let f32 = t[name].bf16_as_f32().expect("a bf16 tensor");
         t.insert(name.into(), f32);
     });
     assert_one_line(&open_err(&dir), &dir.join("model.safetensors"), &[name, "has dtype F32, expected BF16"]);

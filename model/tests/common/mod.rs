@@ -3,12 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fusegate_model::{Qwen3Config, Qwen3Weights};
-use safetensors::{Dtype, SafeTensors, View};
 
 /// A config small enough for tests (the tokenizer's ids exceed its vocab: fine for loaders).
 pub fn small(layers: usize) -> Qwen3Config {
@@ -41,56 +39,17 @@ pub fn assert_one_line(err: &str, file: &Path, needles: &[&str]) {
     }
 }
 
-/// An owned tensor safetensors can serialize.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    pub data: Vec<u8>,
-}
-
-impl View for &Tensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        (&self.data[..]).into()
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-impl Tensor {
-    /// A bf16 tensor's values as F32 (a plausible export mistake).
-    pub fn as_f32(&self) -> Tensor {
-        assert_eq!(self.dtype, Dtype::BF16);
-        let data = self
-            .data
-            .chunks_exact(2)
-            .flat_map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32().to_le_bytes())
-            .collect();
-        Tensor { dtype: Dtype::F32, shape: self.shape.clone(), data }
-    }
-}
+pub use fusegate_golden::edit::{Contents, Tensor};
 
 /// A safetensors file's tensors, by name.
 pub fn read_tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| (name, Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data: v.data().to_vec() }))
-        .collect()
+    Contents::parse(&std::fs::read(path).unwrap()).unwrap().tensors
 }
 
 /// Writes `tensors` to `path` (replacing it).
 pub fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) {
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
-    std::fs::write(path, bytes).unwrap();
+    let contents = Contents { tensors: tensors.clone(), metadata: Default::default() };
+    std::fs::write(path, contents.serialize().unwrap()).unwrap();
 }
 
 /// Edits config.json's JSON object in place.
