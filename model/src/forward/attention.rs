@@ -16,12 +16,6 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn len(&self, row: usize) -> usize {
-        self.keys.len() / row
-    }
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
     /// Appends T positions of keys and values ([T, nkv, d], bf16).
     pub fn append(&mut self, k: &[bf16], v: &[bf16]) {
         self.keys.extend(k.iter().map(|x| x.to_f32()));

@@ -24,10 +24,6 @@ impl Linear {
         Linear { w: w.par_iter().map(|v| v.to_f32()).collect(), out, inp }
     }
 
-    pub fn out_features(&self) -> usize {
-        self.out
-    }
-
     /// y [T, out] = bf16(x [T, in] @ W^T): F.linear on bf16 tensors.
     pub fn forward(&self, x: &[bf16]) -> Vec<bf16> {
         let t = x.len() / self.inp;
