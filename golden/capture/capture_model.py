@@ -7,12 +7,17 @@ and records, per run and prompt:
 
   p{i}.layer{l}    every decoder layer's output [T, H] bf16 (forward hooks; output_hidden_states'
                    last entry is after the final norm, so it is not used)
+  p{i}.attn{l}     every layer's attention output (after o_proj, before the residual add) [T, H]
+                   bf16: where a layer leaves the floor first, attention or the MLP
   p{i}.topk_ids    the reference run's top-K token ids per position [T, K] int32
   p{i}.topk_logits this run's logits at those ids [T, K] bf16 (HF's logits are bf16: nothing lost)
   p{i}.lse         logsumexp of this run's whole logit row, in fp32 [T]
   p{i}.next_logit  the logit of the prompt's next token at each position [T - 1] bf16
   p{i}.argmax      this run's top-1 token per position [T] int32
   p{i}.greedy      greedy continuation, N tokens [N] int32 (runs that generate)
+  p{i}.greedy_topk_ids, p{i}.greedy_topk_logits
+                   the reference's top-8 tokens and logits at each greedy step [N, 8] (how close a
+                   divergent step was to a tie)
 
 Runs: `reference` (eager attention, batch 1, one prefill per prompt; greedy through the KV cache)
 and HF's own noise floor, captured the same way: `floor-batch` (all prompts in one right-padded
@@ -38,7 +43,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import Qwen3ForCausalLM
 
-FORMAT = "fusegate-model-golden-v1"
+FORMAT = "fusegate-model-golden-v2"
+GREEDY_TOPK = 8
 RUNS = {
     "reference": "eager attention, batch 1, one prefill per prompt; greedy through the KV cache",
     "floor-batch": "eager attention, every prompt in one right-padded batch",
@@ -64,19 +70,22 @@ def load_model(ckpt, attn):
 
 
 class Hooks:
-    """Collects every decoder layer's output on each forward call."""
+    """Collects every decoder layer's output, and its attention output, on each forward call:
+    take() gives per call a list of (layer output, attention output) per layer."""
 
     def __init__(self, model):
         self.calls = []
-        self.handles = [l.register_forward_hook(self._hook(i)) for i, l in enumerate(model.model.layers)]
         self.n = len(model.model.layers)
+        for i, l in enumerate(model.model.layers):
+            l.self_attn.register_forward_hook(self._hook(i, 1))
+            l.register_forward_hook(self._hook(i, 0))
 
-    def _hook(self, i):
+    def _hook(self, i, which):
         def f(_mod, _inp, out):
             h = out[0] if isinstance(out, (tuple, list)) else out
-            if i == 0:
-                self.calls.append([None] * self.n)
-            self.calls[-1][i] = h.detach()
+            if i == 0 and which == 1:
+                self.calls.append([[None, None] for _ in range(self.n)])
+            self.calls[-1][i][which] = h.detach()
         return f
 
     def take(self):
@@ -88,7 +97,7 @@ class Hooks:
 def prefill(model, hooks, ids):
     out = model(torch.tensor([ids], device="cuda"), use_cache=False)
     (layers,) = hooks.take()
-    return [h[0] for h in layers], out.logits[0]
+    return [(h[0], a[0]) for h, a in layers], out.logits[0]
 
 
 @torch.no_grad()
@@ -101,7 +110,7 @@ def batched(model, hooks, prompts):
         mask[b, : len(p)] = 1
     out = model(ids, attention_mask=mask, use_cache=False)
     (layers,) = hooks.take()
-    return [([h[b, : len(p)] for h in layers], out.logits[b, : len(p)]) for b, p in enumerate(prompts)]
+    return [([(h[b, : len(p)], a[b, : len(p)]) for h, a in layers], out.logits[b, : len(p)]) for b, p in enumerate(prompts)]
 
 
 @torch.no_grad()
@@ -112,14 +121,16 @@ def one_by_one(model, hooks, ids):
         past = out.past_key_values
         rows.append(out.logits[0, -1])
         (layers,) = hooks.take()
-        per_layer = [[h[0, -1]] for h in layers] if per_layer is None else [a + [h[0, -1]] for a, h in zip(per_layer, layers)]
-    return [torch.stack(l) for l in per_layer], torch.stack(rows)
+        step = [(h[0, -1], a[0, -1]) for h, a in layers]
+        per_layer = [[s] for s in step] if per_layer is None else [acc + [s] for acc, s in zip(per_layer, step)]
+    return [(torch.stack([s[0] for s in l]), torch.stack([s[1] for s in l])) for l in per_layer], torch.stack(rows)
 
 
 @torch.no_grad()
-def greedy(model, hooks, ids, n, cache=True):
-    """n tokens, each the argmax of the last position's logits (first on ties, as torch.argmax)."""
-    seq, past, out_tokens = list(ids), None, []
+def greedy(model, hooks, ids, n, cache=True, topk=None):
+    """n tokens, each the argmax of the last position's logits (first on ties, as torch.argmax);
+    with topk, also each step's top-k ids and logits."""
+    seq, past, out_tokens, tops = list(ids), None, [], []
     step = torch.tensor([seq], device="cuda")
     for _ in range(n):
         if cache:
@@ -128,16 +139,23 @@ def greedy(model, hooks, ids, n, cache=True):
         else:
             out = model(torch.tensor([seq], device="cuda"), use_cache=False)
         hooks.take()
+        if topk:
+            tops.append(out.logits[0, -1].float().topk(topk))
         nxt = int(out.logits[0, -1].argmax())
         out_tokens.append(nxt)
         seq.append(nxt)
         step = torch.tensor([[nxt]], device="cuda")
+    if topk:
+        ids_ = torch.stack([t.indices for t in tops]).to(torch.int32).cpu()
+        logits_ = torch.stack([t.values for t in tops]).to(torch.bfloat16).cpu()
+        return out_tokens, ids_, logits_
     return out_tokens
 
 
 def record(tensors, i, ids, layers, logits, topk_ids):
-    for l, h in enumerate(layers):
+    for l, (h, a) in enumerate(layers):
         tensors[f"p{i}.layer{l}"] = h.to(torch.bfloat16).contiguous().cpu()
+        tensors[f"p{i}.attn{l}"] = a.to(torch.bfloat16).contiguous().cpu()
     tensors[f"p{i}.topk_ids"] = topk_ids.to(torch.int32).cpu()
     tensors[f"p{i}.topk_logits"] = logits.gather(1, topk_ids).contiguous().cpu()
     tensors[f"p{i}.lse"] = torch.logsumexp(logits.float(), dim=-1).cpu()
@@ -169,7 +187,10 @@ def main():
         layers, logits = prefill(eager, he, ids)
         topks.append(logits.float().topk(a.topk, dim=-1).indices)
         record(runs["reference"], i, ids, layers, logits, topks[i])
-        runs["reference"][f"p{i}.greedy"] = torch.tensor(greedy(eager, he, ids, a.greedy), dtype=torch.int32)
+        tokens, top_ids, top_logits = greedy(eager, he, ids, a.greedy, topk=GREEDY_TOPK)
+        runs["reference"][f"p{i}.greedy"] = torch.tensor(tokens, dtype=torch.int32)
+        runs["reference"][f"p{i}.greedy_topk_ids"] = top_ids
+        runs["reference"][f"p{i}.greedy_topk_logits"] = top_logits
         record(runs["floor-sdpa"], i, ids, *prefill(sdpa, hs, ids), topks[i])
         runs["floor-sdpa"][f"p{i}.greedy"] = torch.tensor(greedy(sdpa, hs, ids, a.greedy), dtype=torch.int32)
         record(runs["floor-decode"], i, ids, *one_by_one(eager, he, ids), topks[i])

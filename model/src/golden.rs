@@ -14,7 +14,9 @@ use crate::tensors::{Mapped, read_bf16, sha256_hex};
 use crate::{ModelError, Qwen3Config, SynthStyle};
 
 /// The manifest's `format`.
-pub const FORMAT: &str = "fusegate-model-golden-v1";
+pub const FORMAT: &str = "fusegate-model-golden-v2";
+/// Tokens per greedy step whose logits the reference keeps.
+pub const GREEDY_TOPK: usize = 8;
 /// The manifest's file name in a model golden directory.
 pub const MANIFEST: &str = "manifest.json";
 
@@ -98,6 +100,8 @@ pub struct GoldenManifest {
 pub struct PromptRecord {
     /// Every decoder layer's output, [T, H] each.
     pub layers: Vec<Vec<bf16>>,
+    /// Every layer's attention output (after o_proj, before the residual add), [T, H] each.
+    pub attn: Vec<Vec<bf16>>,
     /// The reference run's top-K token ids per position, [T, K].
     pub topk_ids: Vec<u32>,
     /// This run's logits at those ids, [T, K].
@@ -110,6 +114,8 @@ pub struct PromptRecord {
     pub argmax: Vec<u32>,
     /// A greedy continuation, where the run generated one.
     pub greedy: Option<Vec<u32>>,
+    /// The reference's top tokens and logits at each greedy step, [N, GREEDY_TOPK] each.
+    pub greedy_top: Option<(Vec<u32>, Vec<bf16>)>,
 }
 
 /// A loaded, verified model golden.
@@ -167,16 +173,28 @@ fn load_run(dir: &Path, rf: &RunFile, m: &GoldenManifest) -> Result<Vec<PromptRe
         .enumerate()
         .map(|(i, p)| {
             let t = p.ids.len();
-            let layers = (0..m.config.num_hidden_layers)
-                .map(|l| read_bf16(&path, &st, &format!("p{i}.layer{l}"), &[t, h]))
-                .collect::<Result<_, _>>()?;
+            let per_layer = |what: &str| {
+                (0..m.config.num_hidden_layers)
+                    .map(|l| read_bf16(&path, &st, &format!("p{i}.{what}{l}"), &[t, h]))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let top_ids = format!("p{i}.greedy_topk_ids");
+            let greedy_top = match st.tensor(&top_ids) {
+                Ok(_) => Some((
+                    read_u32(&path, &st, &top_ids, &[m.greedy, GREEDY_TOPK])?,
+                    read_bf16(&path, &st, &format!("p{i}.greedy_topk_logits"), &[m.greedy, GREEDY_TOPK])?,
+                )),
+                Err(_) => None,
+            };
             let greedy_name = format!("p{i}.greedy");
             let greedy = match st.tensor(&greedy_name) {
                 Ok(_) => Some(read_u32(&path, &st, &greedy_name, &[m.greedy])?),
                 Err(_) => None,
             };
             Ok(PromptRecord {
-                layers,
+                layers: per_layer("layer")?,
+                attn: per_layer("attn")?,
+                greedy_top,
                 topk_ids: read_u32(&path, &st, &format!("p{i}.topk_ids"), &[t, k])?,
                 topk_logits: read_bf16(&path, &st, &format!("p{i}.topk_logits"), &[t, k])?,
                 lse: read_f32(&path, &st, &format!("p{i}.lse"), &[t])?,

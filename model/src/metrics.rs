@@ -19,6 +19,7 @@ pub enum Candidate<'a> {
     /// An entry's pass; `logits` empty where none were computed (a chaotic model's output is not judged).
     Pass {
         layers: &'a [Vec<bf16>],
+        attn: &'a [Vec<bf16>],
         logits: &'a [bf16],
     },
     Golden(&'a PromptRecord),
@@ -33,6 +34,13 @@ impl Candidate<'_> {
         match self {
             Candidate::Pass { layers, .. } => layers,
             Candidate::Golden(r) => &r.layers,
+        }
+    }
+
+    fn attn(&self) -> &[Vec<bf16>] {
+        match self {
+            Candidate::Pass { attn, .. } => attn,
+            Candidate::Golden(r) => &r.attn,
         }
     }
 
@@ -90,6 +98,10 @@ pub struct LayerDrift {
     /// The largest of the same ratio per position (one token's residual vector).
     #[serde(with = "maybe_nan")]
     pub max_token_rel_l2: f64,
+    /// The layer's attention output (after o_proj, before the residual add) against HF's: where a
+    /// layer leaves the floor first, attention (the fused op feeds it) or the MLP.
+    #[serde(with = "maybe_nan")]
+    pub attn_rel_l2: f64,
 }
 
 /// Per-position figures over every prompt, pooled.
@@ -117,6 +129,10 @@ pub struct Figures {
     pub output: Option<OutputStats>,
     /// Per prompt, the index of the first greedy token that differs from HF's (None: all equal).
     pub first_divergent_token: Vec<Option<usize>>,
+    /// Per prompt, at that step, how far HF's own choice led the candidate's in HF's logits
+    /// (None: no divergence, or the candidate's token is not among HF's top 8 there).
+    #[serde(default)]
+    pub divergence_margin: Vec<Option<f64>>,
 }
 
 /// Sums of squares of one layer: (|candidate - HF|^2, |HF|^2) and the worst token's ratio.
@@ -157,12 +173,14 @@ pub fn figures(
 ) -> Figures {
     let n_layers = reference.first().map_or(0, |r| r.layers.len());
     let mut sums = vec![(0.0, 0.0, 0.0); n_layers];
+    let mut attn_sums = vec![(0.0, 0.0, 0.0); n_layers];
     let (mut kls, mut same, mut dps) = (Vec::new(), 0usize, Vec::new());
     for ((r, c), ids) in reference.iter().zip(candidates).zip(prompts) {
-        for (l, s) in sums.iter_mut().enumerate() {
+        for (l, (s, a)) in sums.iter_mut().zip(attn_sums.iter_mut()).enumerate() {
             let (num, den) = drift_sums(&c.layers()[l], &r.layers[l], hidden, &mut s.2);
-            s.0 += num;
-            s.1 += den;
+            (s.0, s.1) = (s.0 + num, s.1 + den);
+            let (num, den) = drift_sums(&c.attn()[l], &r.attn[l], hidden, &mut a.2);
+            (a.0, a.1) = (a.0 + num, a.1 + den);
         }
         let k = r.topk_ids.len() / ids.len();
         for t in (0..ids.len()).filter(|_| c.has_logits()) {
@@ -178,20 +196,35 @@ pub fn figures(
             }
         }
     }
+    let ratio = |n: f64, d: f64| (n / d.max(f64::MIN_POSITIVE)).sqrt();
     let layers = sums
         .iter()
-        .map(|&(n, d, w)| LayerDrift { rel_l2: (n / d.max(f64::MIN_POSITIVE)).sqrt(), max_token_rel_l2: w })
+        .zip(&attn_sums)
+        .map(|(&(n, d, w), &(an, ad, _))| LayerDrift {
+            rel_l2: ratio(n, d),
+            max_token_rel_l2: w,
+            attn_rel_l2: ratio(an, ad),
+        })
         .collect();
-    let first_divergent_token = match greedy {
-        Some(g) => reference
-            .iter()
-            .zip(g)
-            .map(|(r, ours)| r.greedy.as_ref().and_then(|hf| hf.iter().zip(ours).position(|(a, b)| a != b)))
-            .collect(),
-        None => Vec::new(),
+    let (first_divergent_token, divergence_margin) = match greedy {
+        Some(g) => reference.iter().zip(g).map(|(r, ours)| divergence(r, ours)).unzip(),
+        None => (Vec::new(), Vec::new()),
     };
     let output = candidates.iter().all(Candidate::has_logits).then(|| output_stats(kls, same, &dps));
-    Figures { layers, output, first_divergent_token }
+    Figures { layers, output, first_divergent_token, divergence_margin }
+}
+
+/// The first greedy step where `ours` leaves HF's tokens, and HF's logit lead of its own token over
+/// ours there (where ours is among HF's top tokens at that step).
+fn divergence(r: &PromptRecord, ours: &[u32]) -> (Option<usize>, Option<f64>) {
+    let Some(hf) = &r.greedy else { return (None, None) };
+    let Some(step) = hf.iter().zip(ours).position(|(a, b)| a != b) else { return (None, None) };
+    let margin = r.greedy_top.as_ref().and_then(|(ids, logits)| {
+        let k = ids.len() / hf.len();
+        let (ids, logits) = (&ids[step * k..(step + 1) * k], &logits[step * k..(step + 1) * k]);
+        ids.iter().position(|&i| i == ours[step]).map(|j| logits[0].to_f64() - logits[j].to_f64())
+    });
+    (Some(step), margin)
 }
 
 fn output_stats(mut kls: Vec<f64>, same: usize, dps: &[f64]) -> OutputStats {
@@ -239,9 +272,9 @@ mod tests {
 
     #[test]
     fn nan_figures_survive_json() {
-        let d = LayerDrift { rel_l2: f64::NAN, max_token_rel_l2: 0.25 };
+        let d = LayerDrift { rel_l2: f64::NAN, max_token_rel_l2: 0.25, attn_rel_l2: 0.5 };
         let text = serde_json::to_string(&d).unwrap();
-        assert_eq!(text, r#"{"rel_l2":null,"max_token_rel_l2":0.25}"#);
+        assert_eq!(text, r#"{"rel_l2":null,"max_token_rel_l2":0.25,"attn_rel_l2":0.5}"#);
         let back: LayerDrift = serde_json::from_str(&text).unwrap();
         assert!(back.rel_l2.is_nan() && back.max_token_rel_l2 == 0.25);
     }
