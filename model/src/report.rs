@@ -141,7 +141,11 @@ pub fn drift_svg(m: &ModelReport) -> Result<String, String> {
     {
         let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let mut lines: Vec<(String, Vec<f64>, bool)> = vec![("HF floor".into(), m.floor.drift.clone(), true)];
+        let bound = fusegate_kernels::registry::baseline().contract().model.max_drift_over_floor;
+        let mut lines: Vec<(String, Vec<f64>, bool)> = vec![
+            ("HF floor".into(), m.floor.drift.clone(), true),
+            (format!("{bound}x HF floor (the contract)"), m.floor.drift.iter().map(|d| d * bound).collect(), true),
+        ];
         lines.extend(
             m.entries
                 .iter()
@@ -154,19 +158,34 @@ pub fn drift_svg(m: &ModelReport) -> Result<String, String> {
         );
         let ys: Vec<f64> =
             lines.iter().flat_map(|l| l.1.iter().copied()).filter(|y| *y > 0.0 && y.is_finite()).collect();
-        let lo = ys.iter().copied().fold(f64::MAX, f64::min).min(1e-4) * 0.5;
+        let lo = ys.iter().copied().fold(f64::MAX, f64::min) * 0.5;
         let hi = ys.iter().copied().fold(0.0, f64::max).max(1e-3) * 2.0;
         let n = m.layers.max(1) as f64;
+        let last = n - 1.0;
         let mut chart = ChartBuilder::on(&root)
             .caption(format!("{}: per-layer drift from HF", m.name), ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(-0.2..n - 0.8, (lo..hi).log_scale())
+            // Room on the right, past the last layer, for the legend.
+            .build_cartesian_2d(-0.2..last + 1.9, (lo..hi).log_scale())
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("layer").y_desc("relative L2 drift").draw().map_err(|e| e.to_string())?;
+        let whole_layers =
+            |x: &f64| if x.fract() == 0.0 && *x >= 0.0 && *x <= last { format!("{x:.0}") } else { String::new() };
+        chart
+            .configure_mesh()
+            .x_labels(m.layers + 3)
+            .x_label_formatter(&whole_layers)
+            .x_desc("layer")
+            .y_desc("relative L2 drift")
+            .draw()
+            .map_err(|e| e.to_string())?;
         for (i, (name, ys, floor)) in lines.into_iter().enumerate() {
-            let color = if floor { BLACK.to_rgba() } else { Palette99::pick(i).to_rgba() };
+            let color = match (floor, i) {
+                (true, 0) => BLACK.to_rgba(),
+                (true, _) => RGBColor(150, 150, 150).to_rgba(),
+                _ => Palette99::pick(i).to_rgba(),
+            };
             let style = ShapeStyle { color, filled: true, stroke_width: if floor { 3 } else { 2 } };
             let pts: Vec<(f64, f64)> = ys
                 .iter()
@@ -183,7 +202,7 @@ pub fn drift_svg(m: &ModelReport) -> Result<String, String> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
