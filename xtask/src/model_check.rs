@@ -37,7 +37,8 @@ pub struct Args {
     /// Skip the controls and the resolution sweep.
     #[arg(long)]
     no_controls: bool,
-    /// Results file. Default: results/model-<backend>.json, with model-<backend>.md and one SVG per model.
+    /// Results file. Default: results/model-<backend>.json (a run narrowed by any option above:
+    /// model-<backend>-partial.json), with the same name's .md and one SVG per model beside it.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 }
@@ -79,6 +80,16 @@ impl Progress {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let partial: Vec<&str> = [
+        (!a.golden.is_empty(), "--golden"),
+        (a.synthetic.is_some(), "--synthetic"),
+        (a.model.is_some(), "--model"),
+        (!a.variants.is_empty(), "--variant"),
+        (a.no_controls, "--no-controls"),
+    ]
+    .into_iter()
+    .filter_map(|(set, flag)| set.then_some(flag))
+    .collect();
     let mut goldens = a.golden.clone();
     if goldens.is_empty() {
         let root = gate::default_golden_root();
@@ -104,8 +115,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let run = gate::run(backend.as_ref(), &opts, &|line| progress.step(line));
     progress.finish();
     let run = run?;
-    let stem = format!("model-{}", run.backend);
-    let json = a.json.unwrap_or_else(|| results_dir().join(format!("{stem}.json")));
+    // Only a whole check (every committed model, every entry, the controls) may replace the
+    // results file a decision reads; a partial one goes beside it.
+    let whole = partial.is_empty();
+    let stem = if whole { format!("model-{}", run.backend) } else { format!("model-{}-partial", run.backend) };
+    let json = a.json.clone().unwrap_or_else(|| results_dir().join(format!("{stem}.json")));
     let dir = json.parent().map(PathBuf::from).unwrap_or_default();
     let svg_name = |model: &str| format!("{stem}-{model}.svg");
     for m in &run.models {
@@ -119,6 +133,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let bytes = serde_json::to_vec_pretty(&run).context("serialising results")?;
     write_atomically(&json, &bytes).with_context(|| format!("writing {}", json.display()))?;
     print!("{md}");
+    if !whole {
+        println!("a partial run ({}): written beside, never over, the whole check's file", partial.join(", "));
+    }
     println!("results: {} ({:.1} s)", json.display(), run.seconds);
     Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -66,3 +66,24 @@ fn gpu_commands_without_a_gpu_exit_2_with_one_line() {
         assert!(stderr.contains("CUDA") || stderr.contains("GPU"), "{stderr}");
     }
 }
+
+/// A narrowed model check never replaces the whole check's results file: it writes beside it.
+#[test]
+fn a_partial_model_check_writes_beside_the_whole_checks_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("model-cpu.json");
+    std::fs::write(&whole, b"keep me").unwrap();
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../golden/model/stress-l4");
+    let args = ["model-check", "--golden", golden, "--variant", "standard", "--no-controls"];
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("FUSEGATE_RESULTS_DIR", dir.path())
+        .output()
+        .expect("run xtask");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&whole).unwrap(), b"keep me");
+    let partial = fusegate_model::results::ModelCheckRun::load(&dir.path().join("model-cpu-partial.json")).unwrap();
+    assert_eq!(partial.models.len(), 1);
+    assert!(partial.models[0].entries[0].judged.verdict.passed(), "standard is within HF's floor");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a partial run (--golden, --variant, --no-controls)"));
+}
