@@ -1,6 +1,8 @@
-//! Qwen3 models for the model gate: a fused kernel that passes the layer-level contracts must
-//! also leave a whole Qwen3 forward pass (judged against HF transformers) as it was. This crate
-//! provides what that forward pass runs on: the config (parsed from config.json, never defaulted),
+//! The model gate: a fused kernel that passes the layer-level contracts must also leave a whole
+//! Qwen3 forward pass (judged against HF transformers, beside HF's own noise floor) as it was.
+//! [`forward`] is that pass at HF's rounding points with a registry entry in every layer;
+//! [`golden`], [`metrics`], [`check`], [`controls`] and [`gate`] judge it; [`results`] and
+//! [`report`] record it. Beneath them, what the pass runs on: the config (parsed from config.json, never defaulted),
 //! the weights in HF's layout and names, read from or written to a checkpoint directory with every
 //! tensor checked against the config, seeded synthetic weights (no Qwen3 weights ship in any
 //! package registry), and the exact Qwen3 tokenizer, committed and pinned by sha256. Every bad
