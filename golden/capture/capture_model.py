@@ -7,8 +7,6 @@ and records, per run and prompt:
 
   p{i}.layer{l}    every decoder layer's output [T, H] bf16 (forward hooks; output_hidden_states'
                    last entry is after the final norm, so it is not used)
-  p{i}.attn{l}     every layer's attention output (after o_proj, before the residual add) [T, H]
-                   bf16: where a layer leaves the floor first, attention or the MLP
   p{i}.topk_ids    the reference run's top-K token ids per position [T, K] int32
   p{i}.topk_logits this run's logits at those ids [T, K] bf16 (HF's logits are bf16: nothing lost)
   p{i}.lse         logsumexp of this run's whole logit row, in fp32 [T]
@@ -70,22 +68,19 @@ def load_model(ckpt, attn):
 
 
 class Hooks:
-    """Collects every decoder layer's output, and its attention output, on each forward call:
-    take() gives per call a list of (layer output, attention output) per layer."""
+    """Collects every decoder layer's output on each forward call."""
 
     def __init__(self, model):
         self.calls = []
+        self.handles = [l.register_forward_hook(self._hook(i)) for i, l in enumerate(model.model.layers)]
         self.n = len(model.model.layers)
-        for i, l in enumerate(model.model.layers):
-            l.self_attn.register_forward_hook(self._hook(i, 1))
-            l.register_forward_hook(self._hook(i, 0))
 
-    def _hook(self, i, which):
+    def _hook(self, i):
         def f(_mod, _inp, out):
             h = out[0] if isinstance(out, (tuple, list)) else out
-            if i == 0 and which == 1:
-                self.calls.append([[None, None] for _ in range(self.n)])
-            self.calls[-1][i][which] = h.detach()
+            if i == 0:
+                self.calls.append([None] * self.n)
+            self.calls[-1][i] = h.detach()
         return f
 
     def take(self):
@@ -97,7 +92,7 @@ class Hooks:
 def prefill(model, hooks, ids):
     out = model(torch.tensor([ids], device="cuda"), use_cache=False)
     (layers,) = hooks.take()
-    return [(h[0], a[0]) for h, a in layers], out.logits[0]
+    return [h[0] for h in layers], out.logits[0]
 
 
 @torch.no_grad()
@@ -110,7 +105,7 @@ def batched(model, hooks, prompts):
         mask[b, : len(p)] = 1
     out = model(ids, attention_mask=mask, use_cache=False)
     (layers,) = hooks.take()
-    return [([(h[b, : len(p)], a[b, : len(p)]) for h, a in layers], out.logits[b, : len(p)]) for b, p in enumerate(prompts)]
+    return [([h[b, : len(p)] for h in layers], out.logits[b, : len(p)]) for b, p in enumerate(prompts)]
 
 
 @torch.no_grad()
@@ -121,9 +116,8 @@ def one_by_one(model, hooks, ids):
         past = out.past_key_values
         rows.append(out.logits[0, -1])
         (layers,) = hooks.take()
-        step = [(h[0, -1], a[0, -1]) for h, a in layers]
-        per_layer = [[s] for s in step] if per_layer is None else [acc + [s] for acc, s in zip(per_layer, step)]
-    return [(torch.stack([s[0] for s in l]), torch.stack([s[1] for s in l])) for l in per_layer], torch.stack(rows)
+        per_layer = [[h[0, -1]] for h in layers] if per_layer is None else [a + [h[0, -1]] for a, h in zip(per_layer, layers)]
+    return [torch.stack(l) for l in per_layer], torch.stack(rows)
 
 
 @torch.no_grad()
@@ -153,9 +147,8 @@ def greedy(model, hooks, ids, n, cache=True, topk=None):
 
 
 def record(tensors, i, ids, layers, logits, topk_ids):
-    for l, (h, a) in enumerate(layers):
+    for l, h in enumerate(layers):
         tensors[f"p{i}.layer{l}"] = h.to(torch.bfloat16).contiguous().cpu()
-        tensors[f"p{i}.attn{l}"] = a.to(torch.bfloat16).contiguous().cpu()
     tensors[f"p{i}.topk_ids"] = topk_ids.to(torch.int32).cpu()
     tensors[f"p{i}.topk_logits"] = logits.gather(1, topk_ids).contiguous().cpu()
     tensors[f"p{i}.lse"] = torch.logsumexp(logits.float(), dim=-1).cpu()

@@ -35,8 +35,6 @@ pub enum Regime {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Floor {
     pub drift: Vec<f64>,
-    /// Per layer, the attention output's drift.
-    pub attn_drift: Vec<f64>,
     pub mean_kl: f64,
     pub same_top1_pct: f64,
     pub rms_delta_p_pct: f64,
@@ -51,7 +49,6 @@ impl Floor {
         let output = |f: &Figures| f.output.clone().unwrap_or_default();
         Floor {
             drift: (0..n).map(|l| worst(&|f| f.layers.get(l).map_or(0.0, |d| d.rel_l2))).collect(),
-            attn_drift: (0..n).map(|l| worst(&|f| f.layers.get(l).map_or(0.0, |d| d.attn_rel_l2))).collect(),
             mean_kl: worst(&|f| output(f).mean_kl),
             same_top1_pct: runs.values().map(|f| output(f).same_top1_pct).fold(100.0, f64::min),
             rms_delta_p_pct: worst(&|f| output(f).rms_delta_p_pct),
@@ -136,7 +133,7 @@ impl Model {
             _ => None,
         };
         let candidates: Vec<Candidate> =
-            outs.iter().map(|o| Candidate::Pass { layers: &o.layers, attn: &o.attn, logits: &o.logits }).collect();
+            outs.iter().map(|o| Candidate::Pass { layers: &o.layers, logits: &o.logits }).collect();
         let figures = metrics::figures(
             self.golden.reference(),
             &candidates,
@@ -145,9 +142,7 @@ impl Model {
             self.weights.config.hidden_size,
         );
         let (verdict, first_drifting_layer) = self.verdict(&figures, &entry.contract().model);
-        let contract = entry.contract().model;
-        let first_drifting_stage = first_drifting_layer.map(|l| self.stage(&figures, &contract, l));
-        Ok(Judged { figures, verdict, first_drifting_layer, first_drifting_stage })
+        Ok(Judged { figures, verdict, first_drifting_layer })
     }
 
     /// The model contract's verdict, and the first layer whose drift leaves the floor (the bisect).
@@ -164,8 +159,7 @@ impl Model {
         if let Some(&l) = drifting.first() {
             let (d, floor) = (f.layers[l].rel_l2, self.floor.drift[l]);
             reasons.push(format!(
-                "layer {l} ({}) drifts {d:.3e} from HF, over {}x HF's floor {floor:.3e} ({} layers over)",
-                self.stage(f, c, l),
+                "layer {l} drifts {d:.3e} from HF, over {}x HF's floor {floor:.3e} ({} layers over)",
                 c.max_drift_over_floor,
                 drifting.len()
             ));
@@ -185,15 +179,6 @@ impl Model {
         }
         let verdict = if reasons.is_empty() { Verdict::Pass } else { Verdict::Fail { reasons } };
         (verdict, drifting.first().copied())
-    }
-
-    /// Where layer `l` left the floor: its attention output already (the fused op feeds it), or
-    /// only after the MLP.
-    pub fn stage(&self, f: &Figures, c: &ModelContract, l: usize) -> DriftStage {
-        match (f.layers.get(l), self.floor.attn_drift.get(l)) {
-            (Some(d), Some(&floor)) if !at_most(d.attn_rel_l2, c.max_drift_over_floor * floor) => DriftStage::Attention,
-            _ => DriftStage::Mlp,
-        }
     }
 
     /// Judges a control: the honest baseline with the control's perturbation on its q, k, v.
@@ -233,27 +218,6 @@ pub struct Judged {
     pub figures: Figures,
     pub verdict: Verdict,
     pub first_drifting_layer: Option<usize>,
-    /// Within that layer, where the drift first shows.
-    pub first_drifting_stage: Option<DriftStage>,
-}
-
-/// A stage of a decoder layer, as the bisect names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DriftStage {
-    /// The attention output (after o_proj): the input norm, QKV, head norms, RoPE, attention.
-    Attention,
-    /// The rest of the layer: the post-attention norm and the MLP.
-    Mlp,
-}
-
-impl std::fmt::Display for DriftStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            DriftStage::Attention => "attention",
-            DriftStage::Mlp => "mlp",
-        })
-    }
 }
 
 /// `value <= bound`, false for NaN: an unwritten element poisons everything after it, and a NaN

@@ -100,8 +100,6 @@ pub struct GoldenManifest {
 pub struct PromptRecord {
     /// Every decoder layer's output, [T, H] each.
     pub layers: Vec<Vec<bf16>>,
-    /// Every layer's attention output (after o_proj, before the residual add), [T, H] each.
-    pub attn: Vec<Vec<bf16>>,
     /// The reference run's top-K token ids per position, [T, K].
     pub topk_ids: Vec<u32>,
     /// This run's logits at those ids, [T, K].
@@ -173,11 +171,9 @@ fn load_run(dir: &Path, rf: &RunFile, m: &GoldenManifest) -> Result<Vec<PromptRe
         .enumerate()
         .map(|(i, p)| {
             let t = p.ids.len();
-            let per_layer = |what: &str| {
-                (0..m.config.num_hidden_layers)
-                    .map(|l| read_bf16(&path, &st, &format!("p{i}.{what}{l}"), &[t, h]))
-                    .collect::<Result<Vec<_>, _>>()
-            };
+            let layers = (0..m.config.num_hidden_layers)
+                .map(|l| read_bf16(&path, &st, &format!("p{i}.layer{l}"), &[t, h]))
+                .collect::<Result<Vec<_>, _>>()?;
             let top_ids = format!("p{i}.greedy_topk_ids");
             let greedy_top = match st.tensor(&top_ids) {
                 Ok(_) => Some((
@@ -192,8 +188,7 @@ fn load_run(dir: &Path, rf: &RunFile, m: &GoldenManifest) -> Result<Vec<PromptRe
                 Err(_) => None,
             };
             Ok(PromptRecord {
-                layers: per_layer("layer")?,
-                attn: per_layer("attn")?,
+                layers,
                 greedy_top,
                 topk_ids: read_u32(&path, &st, &format!("p{i}.topk_ids"), &[t, k])?,
                 topk_logits: read_bf16(&path, &st, &format!("p{i}.topk_logits"), &[t, k])?,

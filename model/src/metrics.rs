@@ -19,7 +19,6 @@ pub enum Candidate<'a> {
     /// An entry's pass; `logits` empty where none were computed (a chaotic model's output is not judged).
     Pass {
         layers: &'a [Vec<bf16>],
-        attn: &'a [Vec<bf16>],
         logits: &'a [bf16],
     },
     Golden(&'a PromptRecord),
@@ -34,13 +33,6 @@ impl Candidate<'_> {
         match self {
             Candidate::Pass { layers, .. } => layers,
             Candidate::Golden(r) => &r.layers,
-        }
-    }
-
-    fn attn(&self) -> &[Vec<bf16>] {
-        match self {
-            Candidate::Pass { attn, .. } => attn,
-            Candidate::Golden(r) => &r.attn,
         }
     }
 
@@ -98,10 +90,6 @@ pub struct LayerDrift {
     /// The largest of the same ratio per position (one token's residual vector).
     #[serde(with = "maybe_nan")]
     pub max_token_rel_l2: f64,
-    /// The layer's attention output (after o_proj, before the residual add) against HF's: where a
-    /// layer leaves the floor first, attention (the fused op feeds it) or the MLP.
-    #[serde(with = "maybe_nan")]
-    pub attn_rel_l2: f64,
 }
 
 /// Per-position figures over every prompt, pooled.
@@ -173,14 +161,11 @@ pub fn figures(
 ) -> Figures {
     let n_layers = reference.first().map_or(0, |r| r.layers.len());
     let mut sums = vec![(0.0, 0.0, 0.0); n_layers];
-    let mut attn_sums = vec![(0.0, 0.0, 0.0); n_layers];
     let (mut kls, mut same, mut dps) = (Vec::new(), 0usize, Vec::new());
     for ((r, c), ids) in reference.iter().zip(candidates).zip(prompts) {
-        for (l, (s, a)) in sums.iter_mut().zip(attn_sums.iter_mut()).enumerate() {
+        for (l, s) in sums.iter_mut().enumerate() {
             let (num, den) = drift_sums(&c.layers()[l], &r.layers[l], hidden, &mut s.2);
             (s.0, s.1) = (s.0 + num, s.1 + den);
-            let (num, den) = drift_sums(&c.attn()[l], &r.attn[l], hidden, &mut a.2);
-            (a.0, a.1) = (a.0 + num, a.1 + den);
         }
         let k = r.topk_ids.len() / ids.len();
         for t in (0..ids.len()).filter(|_| c.has_logits()) {
@@ -197,15 +182,7 @@ pub fn figures(
         }
     }
     let ratio = |n: f64, d: f64| (n / d.max(f64::MIN_POSITIVE)).sqrt();
-    let layers = sums
-        .iter()
-        .zip(&attn_sums)
-        .map(|(&(n, d, w), &(an, ad, _))| LayerDrift {
-            rel_l2: ratio(n, d),
-            max_token_rel_l2: w,
-            attn_rel_l2: ratio(an, ad),
-        })
-        .collect();
+    let layers = sums.iter().map(|&(n, d, w)| LayerDrift { rel_l2: ratio(n, d), max_token_rel_l2: w }).collect();
     let (first_divergent_token, divergence_margin) = match greedy {
         Some(g) => reference.iter().zip(g).map(|(r, ours)| divergence(r, ours)).unzip(),
         None => (Vec::new(), Vec::new()),
@@ -272,9 +249,9 @@ mod tests {
 
     #[test]
     fn nan_figures_survive_json() {
-        let d = LayerDrift { rel_l2: f64::NAN, max_token_rel_l2: 0.25, attn_rel_l2: 0.5 };
+        let d = LayerDrift { rel_l2: f64::NAN, max_token_rel_l2: 0.25 };
         let text = serde_json::to_string(&d).unwrap();
-        assert_eq!(text, r#"{"rel_l2":null,"max_token_rel_l2":0.25,"attn_rel_l2":0.5}"#);
+        assert_eq!(text, r#"{"rel_l2":null,"max_token_rel_l2":0.25}"#);
         let back: LayerDrift = serde_json::from_str(&text).unwrap();
         assert!(back.rel_l2.is_nan() && back.max_token_rel_l2 == 0.25);
     }

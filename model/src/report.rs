@@ -5,14 +5,9 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use crate::check::{DriftStage, Judged, Regime};
+use crate::check::{Judged, Regime};
 use crate::metrics::Figures;
 use crate::results::{ModelCheckRun, ModelReport};
-
-/// The bisect's answer: the first layer over the floor, and the stage within it.
-fn first(j: &Judged) -> Option<(usize, Option<DriftStage>)> {
-    j.first_drifting_layer.map(|l| (l, j.first_drifting_stage))
-}
 
 fn verdict_word(j: &Judged, decides: bool) -> &'static str {
     match (j.verdict.passed(), decides) {
@@ -39,12 +34,8 @@ fn greedy(f: &Figures, n: usize) -> String {
     }
 }
 
-fn row(s: &mut String, name: &str, word: &str, f: &Figures, first: Option<(usize, Option<DriftStage>)>, n: usize) {
-    let layer = match first {
-        Some((l, Some(stage))) => format!("{l} ({stage})"),
-        Some((l, None)) => l.to_string(),
-        None => "-".into(),
-    };
+fn row(s: &mut String, name: &str, word: &str, f: &Figures, first_layer: Option<usize>, n: usize) {
+    let layer = first_layer.map_or("-".into(), |l| l.to_string());
     let last = f.layers.last().map_or(0.0, |d| d.rel_l2);
     let output = match &f.output {
         Some(o) => format!(
@@ -98,11 +89,18 @@ pub fn model_markdown(m: &ModelReport, svg_name: &str) -> String {
     }
     for e in &m.entries {
         let name = e.same_as.map_or(e.entry.to_string(), |s| format!("{} (= {s} here)", e.entry));
-        row(&mut s, &name, verdict_word(&e.judged, e.mutant_of.is_none()), &e.judged.figures, first(&e.judged), n);
+        row(
+            &mut s,
+            &name,
+            verdict_word(&e.judged, e.mutant_of.is_none()),
+            &e.judged.figures,
+            e.judged.first_drifting_layer,
+            n,
+        );
     }
     for c in &m.controls {
         let word = if c.as_expected { "as it must" } else { "WRONG" };
-        row(&mut s, &c.name, word, &c.judged.figures, first(&c.judged), n);
+        row(&mut s, &c.name, word, &c.judged.figures, c.judged.first_drifting_layer, n);
     }
     let _ = writeln!(s, "\nPer-layer drift against the floor: ![drift]({svg_name})\n");
     if let Some(r) = m.resolution {

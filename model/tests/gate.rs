@@ -6,7 +6,7 @@
 
 use fusegate_kernels::EntryId;
 use fusegate_kernels::cpu::Cpu;
-use fusegate_model::check::{DriftStage, Regime};
+use fusegate_model::check::Regime;
 use fusegate_model::controls::{CONTROLS, Expect, INJECTED_LAYER};
 use fusegate_model::gate::{self, Options, committed_goldens, default_golden_root};
 use fusegate_model::report;
@@ -36,11 +36,7 @@ fn the_gate_on_the_committed_models() {
         for (c, spec) in m.controls.iter().zip(&CONTROLS) {
             assert!(c.as_expected, "{}: {} did not do what it must: {:?}", m.name, c.name, c.judged.verdict);
             match spec.expect {
-                Expect::Rejected { layer } => {
-                    assert_eq!(c.judged.first_drifting_layer, Some(layer));
-                    // The error is in q, k, v: the bisect finds it in the layer's attention output.
-                    assert_eq!(c.judged.first_drifting_stage, Some(DriftStage::Attention));
-                }
+                Expect::Rejected { layer } => assert_eq!(c.judged.first_drifting_layer, Some(layer)),
                 Expect::Accepted => assert!(c.judged.verdict.passed()),
             }
         }

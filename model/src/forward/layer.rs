@@ -67,16 +67,15 @@ impl<'a> DecoderLayer<'a> {
         self.cache = KvCache::default();
     }
 
-    /// The layer's output for `h` ([T, H], positions `first_pos..first_pos + T`) and its attention
-    /// output (after o_proj, before the residual add), appending these positions' keys and values
-    /// to the cache.
+    /// The layer's output for `h` ([T, H], positions `first_pos..first_pos + T`), appending these
+    /// positions' keys and values to the cache.
     pub fn forward(
         &mut self,
         h: &[bf16],
         first_pos: usize,
         rope: &Rope,
         tap: &mut dyn Tap,
-    ) -> Result<(Vec<bf16>, Vec<bf16>), BackendError> {
+    ) -> Result<Vec<bf16>, BackendError> {
         let (hd, t) = (self.heads, h.len() / self.tables.post_norm.len());
         let mut observed = self.op.run(h)?;
         tap.qkv(self.index, &mut observed);
@@ -93,10 +92,9 @@ impl<'a> DecoderLayer<'a> {
         }
         self.cache.append(&k, &v);
         let attn = attention::attend(&q, first_pos, &self.cache, hd);
-        let attn = self.tables.o_proj.forward(&attn);
-        let h1 = add(h, &attn);
+        let h1 = add(h, &self.tables.o_proj.forward(&attn));
         let n2 = rmsnorm(&h1, &self.tables.post_norm, self.eps);
         let mlp = self.tables.down.forward(&silu_mul(&self.tables.gate.forward(&n2), &self.tables.up.forward(&n2)));
-        Ok((add(&h1, &mlp), attn))
+        Ok(add(&h1, &mlp))
     }
 }

@@ -50,12 +50,10 @@ impl ModelTables {
 }
 
 /// What one call computed: every decoder layer's output ([T, H] each, before the final norm) and
-/// attention output, and the logits of the positions asked for ([rows, V], bf16 as HF's lm_head
-/// gives them).
+/// the logits of the positions asked for ([rows, V], bf16 as HF's lm_head gives them).
 #[derive(Debug)]
 pub struct Pass {
     pub layers: Vec<Vec<bf16>>,
-    pub attn: Vec<Vec<bf16>>,
     pub logits: Vec<bf16>,
 }
 
@@ -112,23 +110,21 @@ impl<'a> Forward<'a> {
             let row = row.ok_or(PassError::Token { token: tok, vocab: c.vocab_size })?;
             x.extend_from_slice(row);
         }
-        let (mut outputs, mut attn) = (Vec::with_capacity(self.layers.len()), Vec::with_capacity(self.layers.len()));
+        let mut outputs = Vec::with_capacity(self.layers.len());
         for layer in &mut self.layers {
-            let (out, a) = layer
+            x = layer
                 .forward(&x, self.next_pos, &self.tables.rope, tap)
                 .map_err(|source| PassError::Backend { entry: self.entry.name, source })?;
-            x = out;
             outputs.push(x.clone());
-            attn.push(a);
         }
         self.next_pos += tokens.len();
         let rows = match logits {
             Logits::Every => &x[..],
             Logits::Last => &x[x.len() - h..],
-            Logits::None => return Ok(Pass { layers: outputs, attn, logits: Vec::new() }),
+            Logits::None => return Ok(Pass { layers: outputs, logits: Vec::new() }),
         };
         let normed = rmsnorm(rows, &self.tables.norm, c.rms_norm_eps as f32);
-        Ok(Pass { layers: outputs, attn, logits: self.tables.lm_head.forward(&normed) })
+        Ok(Pass { layers: outputs, logits: self.tables.lm_head.forward(&normed) })
     }
 
     /// Every position of `tokens` in one prefill (teacher-forced: no position depends on an
