@@ -118,8 +118,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Only a whole check (every committed model, every entry, the controls) may replace the
     // results file a decision reads; a partial one goes beside it.
     let whole = partial.is_empty();
-    let stem = if whole { format!("model-{}", run.backend) } else { format!("model-{}-partial", run.backend) };
-    let json = a.json.clone().unwrap_or_else(|| results_dir().join(format!("{stem}.json")));
+    let default = if whole { format!("model-{}", run.backend) } else { format!("model-{}-partial", run.backend) };
+    let json = a.json.clone().unwrap_or_else(|| results_dir().join(format!("{default}.json")));
+    // The report and plots are named after the results file, wherever it goes.
+    let stem = json.file_stem().map_or(default, |s| s.to_string_lossy().into_owned());
     let dir = json.parent().map(PathBuf::from).unwrap_or_default();
     let svg_name = |model: &str| format!("{stem}-{model}.svg");
     for m in &run.models {
