@@ -50,6 +50,12 @@ fn an_ill_typed_config_key_is_named_with_what_it_holds() {
         ("tie_word_embeddings", json!("yes"), "key \"tie_word_embeddings\": expected true or false, got \"yes\""),
         ("vocab_size", Value::Null, "key \"vocab_size\": expected a non-negative integer, got null"),
     ];
+    assert_each_refused(cases);
+}
+
+/// Each (key, value) written into a good config.json makes opening fail with one line naming the
+/// file and containing `want`.
+fn assert_each_refused<const N: usize>(cases: [(&str, Value, &str); N]) {
     for (key, value, want) in cases {
         let (_t, dir) = good();
         edit_config(&dir, |c| {
@@ -67,13 +73,7 @@ fn inconsistent_config_values_are_refused() {
         ("intermediate_size", json!(0), "key \"intermediate_size\": must be positive, got 0"),
         ("rope_scaling", json!({"rope_type": "yarn", "factor": 4.0}), "key \"rope_scaling\": RoPE type \"yarn\""),
     ];
-    for (key, value, want) in cases {
-        let (_t, dir) = good();
-        edit_config(&dir, |c| {
-            c.insert(key.into(), value);
-        });
-        assert_one_line(&open_err(&dir), &dir.join("config.json"), &[want]);
-    }
+    assert_each_refused(cases);
 }
 
 #[test]
