@@ -37,19 +37,19 @@ fn dev(what: &str) -> impl Fn(cudarc::driver::DriverError) -> BackendError + '_ 
 }
 
 /// Events with timing enabled (cudarc's default disables timing: GPU.md).
-struct Timer {
+pub(crate) struct Timer {
     start: cudarc::driver::CudaEvent,
     end: cudarc::driver::CudaEvent,
 }
 
 impl Timer {
-    fn new(cuda: &Cuda) -> Result<Timer> {
+    pub(crate) fn new(cuda: &Cuda) -> Result<Timer> {
         let ev =
             || cuda.context().new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("creating events"));
         Ok(Timer { start: ev()?, end: ev()? })
     }
     /// Microseconds spent by the device on what `work` enqueues.
-    fn time(&self, stream: &CudaStream, work: impl FnOnce() -> Result<()>) -> Result<f64> {
+    pub(crate) fn time(&self, stream: &CudaStream, work: impl FnOnce() -> Result<()>) -> Result<f64> {
         self.start.record(stream).map_err(dev("recording an event"))?;
         work()?;
         self.end.record(stream).map_err(dev("recording an event"))?;
@@ -59,12 +59,17 @@ impl Timer {
 
 /// Captures `launches` on the backend's stream into a graph.
 fn capture(cuda: &Cuda, preps: &[&Prepared]) -> Result<CudaGraph> {
+    capture_with(cuda, || preps.iter().try_for_each(|p| cuda.launch(p)))
+}
+
+/// Captures what `enqueue` puts on the backend's stream into a graph, uploaded and ready to replay.
+pub(crate) fn capture_with(cuda: &Cuda, enqueue: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
     let stream = cuda.stream();
     cuda.synchronize()?;
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(dev("beginning graph capture"))?;
-    let launched: Result<()> = preps.iter().try_for_each(|p| cuda.launch(p));
+    let launched: Result<()> = enqueue();
     let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(dev("ending graph capture"));
     launched?;
     let graph = graph?.ok_or_else(|| BackendError::Device("graph capture recorded nothing".into()))?;

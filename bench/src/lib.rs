@@ -5,6 +5,7 @@
 //! Its own crate so that judging (fusegate-harness) depends on neither NVML nor plotting.
 
 pub mod compare;
+pub mod e2e;
 pub mod gpu;
 pub mod nvml;
 pub mod report;

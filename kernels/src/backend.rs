@@ -87,6 +87,10 @@ pub trait Backend: Send + Sync {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The GPU, where this backend is one: a model runs its whole forward pass there.
+    fn as_cuda(&self) -> Option<&crate::cuda::Cuda> {
+        None
+    }
 }
 
 /// An entry ready to run on one layer's weights.

@@ -3,16 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use fusegate_harness::Verdict;
+use fusegate_kernels::cuda::{Cuda, Launch};
 use fusegate_kernels::registry::{self, Role};
-use fusegate_kernels::{Backend, Entry, ModelContract};
+use fusegate_kernels::{Backend, BackendError, Entry, ModelContract};
 use serde::{Deserialize, Serialize};
 
 use crate::controls::{Control, Expect, Perturb, Perturbation};
+use crate::forward::device::{DeviceForward, DeviceTables};
 use crate::forward::tap::{Tap, Untouched};
-use crate::forward::{Forward, Logits, ModelTables, PassError};
-use crate::golden::{ModelGolden, RunId};
+use crate::forward::{Forward, ForwardPass, Logits, ModelTables, PassError};
+use crate::golden::{ModelGolden, PromptRecord, RunId};
 use crate::metrics::{self, Candidate, Figures};
 use crate::{Checkpoint, ModelError, Qwen3Weights, SynthStyle, synthesize};
 
@@ -62,10 +65,13 @@ pub struct Model {
     pub name: String,
     pub golden: ModelGolden,
     pub weights: Qwen3Weights,
-    pub tables: ModelTables,
     pub floors: BTreeMap<RunId, Figures>,
     pub floor: Floor,
     pub regime: Regime,
+    /// The host pass's widened weights, made on first use (a device pass never needs them).
+    tables: OnceLock<ModelTables>,
+    /// The weights on the device, uploaded on first use by a GPU backend.
+    device: OnceLock<DeviceTables>,
 }
 
 impl Model {
@@ -97,8 +103,28 @@ impl Model {
         let regime = if floor.same_top1_pct >= STABLE_TOP1_PCT { Regime::Stable } else { Regime::Chaotic };
         let name =
             golden_dir.file_name().map_or_else(|| golden_dir.display().to_string(), |n| n.to_string_lossy().into());
-        let tables = ModelTables::new(&weights);
-        Ok(Model { name, golden, weights, tables, floors, floor, regime })
+        let (tables, device) = (OnceLock::new(), OnceLock::new());
+        Ok(Model { name, golden, weights, floors, floor, regime, tables, device })
+    }
+
+    /// The weights widened for the host pass.
+    pub fn tables(&self) -> &ModelTables {
+        self.tables.get_or_init(|| ModelTables::new(&self.weights))
+    }
+
+    /// Positions a pass over the goldens reaches: the longest prompt and its greedy continuation.
+    pub fn positions(&self) -> usize {
+        let m = &self.golden.manifest;
+        m.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + m.greedy + 1
+    }
+
+    /// The weights on `cuda`, uploaded on first use.
+    pub fn device_tables(&self, cuda: &Cuda) -> Result<&DeviceTables, BackendError> {
+        if let Some(t) = self.device.get() {
+            return Ok(t);
+        }
+        let t = DeviceTables::upload(cuda, &self.weights, self.positions())?;
+        Ok(self.device.get_or_init(|| t))
     }
 
     /// Judges `entry` on `backend` (with `tap` perturbing its q, k, v where a control asks); with
@@ -111,14 +137,10 @@ impl Model {
         tap: &mut dyn Tap,
         greedy: bool,
     ) -> Result<Judged, PassError> {
-        let mut pass = Forward::new(&self.tables, &self.weights, backend, entry)?;
         let prompts = prompt_ids(&self.golden);
-        // A chaotic model's output cannot separate anything: its logits are not computed.
-        let logits = if self.regime == Regime::Stable { Logits::Every } else { Logits::None };
-        let mut outs = Vec::new();
-        for ids in &prompts {
-            outs.push(pass.teacher_forced(ids, logits, tap)?);
-        }
+        let logits = self.output_logits();
+        let mut pass = self.pass(backend, entry)?;
+        let outs = prompts.iter().map(|ids| pass.teacher_forced(ids, logits, tap)).collect::<Result<Vec<_>, _>>()?;
         let greedy = match (self.regime, greedy) {
             (Regime::Stable, true) => {
                 let hf = self.golden.reference().iter().map(|r| r.greedy.clone().unwrap_or_default());
@@ -143,6 +165,58 @@ impl Model {
         );
         let (verdict, first_drifting_layer) = self.verdict(&figures, &entry.contract().model);
         Ok(Judged { figures, verdict, first_drifting_layer })
+    }
+
+    /// A pass of `entry` on `backend`: the whole pass on the device where the backend is a GPU,
+    /// else the host's reference ops around the backend's prepared entry.
+    fn pass<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        entry: &'static Entry,
+    ) -> Result<Box<dyn ForwardPass + 'a>, PassError> {
+        let err = |source| PassError::Backend { entry: entry.name, source };
+        Ok(match backend.as_cuda() {
+            Some(cuda) => {
+                let device = self.device_tables(cuda).map_err(err)?;
+                Box::new(DeviceForward::new(cuda, device, &self.weights, entry, Launch::Serial).map_err(err)?)
+            }
+            None => Box::new(Forward::new(self.tables(), &self.weights, backend, entry)?),
+        })
+    }
+
+    /// `entry`'s host pass on `host`, recorded as a reference (see [`metrics::record_of`]).
+    pub fn host_records(&self, host: &dyn Backend, entry: &'static Entry) -> Result<Vec<PromptRecord>, PassError> {
+        let k = self.golden.manifest.topk;
+        let prompts = prompt_ids(&self.golden);
+        let mut pass = self.pass(host, entry)?;
+        prompts
+            .iter()
+            .map(|ids| Ok(metrics::record_of(&pass.teacher_forced(ids, self.output_logits(), &mut Untouched)?, ids, k)))
+            .collect()
+    }
+
+    /// How far `entry`'s pass on `backend` is from `host_records` (the same numerics through the
+    /// other implementation of the forward pass), measured as the gate measures against HF.
+    pub fn agreement(
+        &self,
+        backend: &dyn Backend,
+        entry: &'static Entry,
+        host_records: &[PromptRecord],
+    ) -> Result<Figures, PassError> {
+        let prompts = prompt_ids(&self.golden);
+        let mut pass = self.pass(backend, entry)?;
+        let ours = prompts
+            .iter()
+            .map(|ids| pass.teacher_forced(ids, self.output_logits(), &mut Untouched))
+            .collect::<Result<Vec<_>, _>>()?;
+        let candidates: Vec<Candidate> =
+            ours.iter().map(|o| Candidate::Pass { layers: &o.layers, logits: &o.logits }).collect();
+        Ok(metrics::figures(host_records, &candidates, &prompts, None, self.weights.config.hidden_size))
+    }
+
+    /// A chaotic model's output cannot separate anything: its logits are not computed.
+    fn output_logits(&self) -> Logits {
+        if self.regime == Regime::Stable { Logits::Every } else { Logits::None }
     }
 
     /// The model contract's verdict, and the first layer whose drift leaves the floor (the bisect).

@@ -83,6 +83,13 @@ fn prev_down(x: bf16) -> bf16 {
 }
 
 impl Tap for Perturb {
+    fn touches(&self, layer: usize) -> bool {
+        match self.perturbation {
+            Perturbation::RelativeNoise { layer: at, .. } => at == layer,
+            Perturbation::UlpFlips { .. } => true,
+        }
+    }
+
     fn qkv(&mut self, layer: usize, observed: &mut Observed) {
         self.calls += 1;
         for (i, stage) in Stage::C.into_iter().enumerate() {

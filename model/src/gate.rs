@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fusegate_harness::results::Environment;
+use fusegate_kernels::cpu::Cpu;
 use fusegate_kernels::registry::Role;
 use fusegate_kernels::{Backend, Entry};
 
 use crate::check::{Model, default_entries};
 use crate::controls::{CONTROLS, Expect, INJECTED_LAYER, Perturbation, RESOLUTION_SIZES};
 use crate::forward::PassError;
-use crate::golden::MANIFEST;
+use crate::golden::{MANIFEST, PromptRecord};
 use crate::results::{ControlReport, EntryReport, ModelCheckRun, ModelReport, ModelSchema};
 use crate::{ModelError, check};
 
@@ -90,6 +91,8 @@ fn check_model(
     progress: &dyn Fn(&str),
 ) -> Result<ModelReport, GateError> {
     let mut reports: Vec<EntryReport> = Vec::new();
+    // The host passes the device passes are compared with, one per distinct CPU computation.
+    let mut host_refs: Vec<(&'static Entry, Vec<PromptRecord>)> = Vec::new();
     for &entry in entries {
         let start = Instant::now();
         // An entry the backend computes exactly as one already judged is reported, not rerun.
@@ -106,7 +109,24 @@ fn check_model(
             Role::Mutant { of } => Some(of),
             Role::Variant => None,
         };
-        reports.push(EntryReport { entry: entry.id, mutant_of, same_as, judged });
+        let host_agreement = match backend.as_cuda() {
+            Some(_) if check::decides(entry) && Cpu.supports(entry).is_ok() => {
+                let known = host_refs.iter().position(|(e, _)| Cpu.same_results(e, entry));
+                let i = match known {
+                    Some(i) => i,
+                    None => {
+                        host_refs.push((entry, model.host_records(&Cpu, entry)?));
+                        host_refs.len() - 1
+                    }
+                };
+                let figures = model.agreement(backend, entry, &host_refs[i].1)?;
+                let worst = figures.layers.iter().map(|d| d.rel_l2).fold(0.0, f64::max);
+                progress(&format!("{}: {} device vs host pass: worst layer drift {worst:.2e}", model.name, entry.name));
+                Some(figures)
+            }
+            _ => None,
+        };
+        reports.push(EntryReport { entry: entry.id, mutant_of, same_as, judged, host_agreement });
     }
     let (mut control_reports, mut resolution) = (Vec::new(), None);
     if controls {

@@ -191,6 +191,41 @@ pub fn figures(
     Figures { layers, output, first_divergent_token, divergence_margin }
 }
 
+/// A pass recorded the way HF's goldens record a run (every layer, the top-`k` ids of its own
+/// logits, logsumexp, next-token logits, argmax), so that another pass can be measured against it
+/// with [`figures`]: how two implementations of the same numerics differ (the device pass against
+/// the host pass). Without logits, only the layers are kept.
+pub fn record_of(pass: &crate::forward::Pass, ids: &[u32], k: usize) -> PromptRecord {
+    let t = ids.len();
+    let v = pass.logits.len() / t.max(1);
+    let rows: Vec<&[bf16]> = if v == 0 { Vec::new() } else { pass.logits.chunks_exact(v).collect() };
+    let mut r = PromptRecord {
+        layers: pass.layers.clone(),
+        topk_ids: Vec::new(),
+        topk_logits: Vec::new(),
+        lse: Vec::new(),
+        next_logit: Vec::new(),
+        argmax: Vec::new(),
+        greedy: None,
+        greedy_top: None,
+    };
+    for (pos, row) in rows.iter().enumerate() {
+        let mut order: Vec<u32> = (0..v as u32).collect();
+        let desc = |a: &u32, b: &u32| row[*b as usize].to_f32().total_cmp(&row[*a as usize].to_f32());
+        order.select_nth_unstable_by(k.min(v) - 1, desc);
+        order.truncate(k.min(v));
+        order.sort_by(desc);
+        r.topk_logits.extend(order.iter().map(|&i| row[i as usize]));
+        r.argmax.push(crate::forward::argmax(row));
+        r.topk_ids.extend(order);
+        r.lse.push(logsumexp(row) as f32);
+        if let Some(&next) = ids.get(pos + 1) {
+            r.next_logit.push(row[next as usize]);
+        }
+    }
+    r
+}
+
 /// The first greedy step where `ours` leaves HF's tokens, and HF's logit lead of its own token over
 /// ours there (where ours is among HF's top tokens at that step).
 fn divergence(r: &PromptRecord, ours: &[u32]) -> (Option<usize>, Option<f64>) {

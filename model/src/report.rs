@@ -114,7 +114,34 @@ pub fn model_markdown(m: &ModelReport, svg_name: &str) -> String {
             let _ = writeln!(s, "- {}: {}", e.entry, reasons.join("; "));
         }
     }
+    host_agreement(&mut s, m);
     s
+}
+
+/// The device pass against the host pass of the same variant, beside HF's own floor.
+fn host_agreement(s: &mut String, m: &ModelReport) {
+    let rows: Vec<_> = m.entries.iter().filter_map(|e| e.host_agreement.as_ref().map(|f| (e.entry, f))).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let worst = |d: &[f64]| d.iter().copied().fold(0.0, f64::max);
+    let floor_worst = worst(&m.floor.drift);
+    let _ = writeln!(
+        s,
+        "\nDevice pass vs host pass (the same variant through the CPU emulation and the host's reference ops; \
+         the host pass stands in for HF): HF's own floor has a worst layer drift of {floor_worst:.2e}.\n"
+    );
+    let _ = writeln!(s, "| entry | worst layer drift | last-layer drift | mean KL | same top-1 % |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (entry, f) in rows {
+        let drift: Vec<f64> = f.layers.iter().map(|d| d.rel_l2).collect();
+        let (kl, top1) = f
+            .output
+            .as_ref()
+            .map_or(("-".into(), "-".into()), |o| (format!("{:.2e}", o.mean_kl), format!("{:.1}", o.same_top1_pct)));
+        let last = drift.last().copied().unwrap_or(f64::NAN);
+        let _ = writeln!(s, "| {entry} | {:.2e} | {last:.2e} | {kl} | {top1} |", worst(&drift));
+    }
 }
 
 /// The whole report.

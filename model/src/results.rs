@@ -44,6 +44,10 @@ pub struct EntryReport {
     pub same_as: Option<EntryId>,
     #[serde(flatten)]
     pub judged: Judged,
+    /// On a GPU, for variants: the device pass measured against the host pass of the same entry
+    /// (the CPU emulation inside the host's reference ops) as the gate measures against HF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_agreement: Option<Figures>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: thin commands over fusegate's libraries (the matklad cargo-xtask pattern).
 
 mod bench;
+mod bench_model;
 mod bundle;
 mod conform;
 mod golden;
@@ -25,6 +26,7 @@ struct Cli {
 enum Command {
     Conform(conform::Args),
     Bench(bench::Args),
+    BenchModel(bench_model::Args),
     Select(select::Args),
     Bundle(bundle::Args),
     Golden(golden::Args),
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conform(a) => conform::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchModel(a) => bench_model::run(a),
         Command::Select(a) => select::run(a),
         Command::Bundle(a) => bundle::run(a),
         Command::Golden(a) => golden::run(a),

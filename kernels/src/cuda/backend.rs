@@ -39,6 +39,10 @@ impl Backend for Cuda {
         Some(self.device_name().to_string())
     }
 
+    fn as_cuda(&self) -> Option<&Cuda> {
+        Some(self)
+    }
+
     fn notes(&self) -> Vec<String> {
         let mut notes = vec![format!("decode rule: {:?}", self.decode)];
         notes.extend(self.compile_times().iter().map(|(what, ms)| format!("NVRTC compiled {what} in {ms:.0} ms")));

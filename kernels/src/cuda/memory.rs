@@ -9,15 +9,62 @@ use crate::backend::BackendError;
 /// 16-byte vector path (cp.async, LDG.128) only when x, W and the norm weight are, and fall back
 /// to scalar loads otherwise. Allocated with 16 spare bytes and offset if the allocator's
 /// pointer is not aligned.
-pub(super) struct DevBuf<T> {
+pub struct DevBuf<T> {
     buf: CudaSlice<T>,
     off: usize,
     len: usize,
 }
 
 impl<T: DeviceRepr> DevBuf<T> {
+    /// Elements (not counting the alignment slack).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The buffer from element `off` on, for ops that read or write part of it.
+    pub fn at(&self, off: usize) -> View<'_, T> {
+        View { buf: self, off }
+    }
+    /// The whole buffer as a view.
+    pub fn all(&self) -> View<'_, T> {
+        self.at(0)
+    }
     pub(super) fn ptr(&self, stream: &CudaStream) -> sys::CUdeviceptr {
         dptr(&self.buf, stream) + (self.off * std::mem::size_of::<T>()) as u64
+    }
+}
+
+/// Part of a device buffer: elements `off..` of `buf`. Ops check that it holds what they touch.
+#[derive(Clone, Copy)]
+pub struct View<'a, T> {
+    buf: &'a DevBuf<T>,
+    off: usize,
+}
+
+impl<T: DeviceRepr> View<'_, T> {
+    /// Elements from the view's start to the buffer's end.
+    pub fn len(&self) -> usize {
+        self.buf.len.saturating_sub(self.off)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The device address, once `need` elements are known to fit (`what` names the operand).
+    pub(super) fn checked_ptr(
+        &self,
+        stream: &CudaStream,
+        need: usize,
+        what: &str,
+    ) -> Result<sys::CUdeviceptr, BackendError> {
+        if self.off > self.buf.len || need > self.len() {
+            return Err(BackendError::BadInput(format!(
+                "{what}: {need} elements needed from offset {}, the buffer holds {}",
+                self.off, self.buf.len
+            )));
+        }
+        Ok(self.buf.ptr(stream) + (self.off * std::mem::size_of::<T>()) as u64)
     }
 }
 
@@ -29,7 +76,7 @@ pub(super) fn dptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> sys::CUdeviceptr
 }
 
 impl Cuda {
-    pub(super) fn alloc<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<DevBuf<T>, BackendError> {
+    pub fn alloc<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<DevBuf<T>, BackendError> {
         let len = len.max(1);
         let size = std::mem::size_of::<T>();
         // SAFETY: every buffer allocated here is uploaded, poisoned or fully written by a kernel
@@ -41,14 +88,14 @@ impl Cuda {
         Ok(DevBuf { buf, off, len })
     }
 
-    pub(super) fn upload<T: DeviceRepr>(&self, host: &[T], what: &str) -> Result<DevBuf<T>, BackendError> {
+    pub fn upload<T: DeviceRepr>(&self, host: &[T], what: &str) -> Result<DevBuf<T>, BackendError> {
         let mut d = self.alloc::<T>(host.len(), what)?;
         self.write(&mut d, host, what)?;
         Ok(d)
     }
 
     /// Overwrites `d` with `host` (same length) in place: a captured graph sees the new values.
-    pub(super) fn write<T: DeviceRepr>(&self, d: &mut DevBuf<T>, host: &[T], what: &str) -> Result<(), BackendError> {
+    pub fn write<T: DeviceRepr>(&self, d: &mut DevBuf<T>, host: &[T], what: &str) -> Result<(), BackendError> {
         if host.len() != d.len {
             return Err(BackendError::BadInput(format!("{what}: {} elements for a buffer of {}", host.len(), d.len)));
         }
@@ -58,13 +105,20 @@ impl Cuda {
             .map_err(|e| device_err(format!("uploading {what}"), e))
     }
 
-    pub(super) fn download_buf<T: DeviceRepr>(&self, d: &DevBuf<T>, what: &str) -> Result<Vec<T>, BackendError> {
+    pub fn download_buf<T: DeviceRepr>(&self, d: &DevBuf<T>, what: &str) -> Result<Vec<T>, BackendError> {
         self.stream
             .clone_dtoh(&d.buf.slice(d.off..d.off + d.len))
             .map_err(|e| device_err(format!("downloading {what}"), e))
     }
 
-    pub(super) fn fill<T: DeviceRepr + Clone>(&self, d: &mut DevBuf<T>, value: T) -> Result<(), BackendError> {
+    /// The first `n` elements of `v`.
+    pub fn download_view<T: DeviceRepr>(&self, v: View<'_, T>, n: usize, what: &str) -> Result<Vec<T>, BackendError> {
+        v.checked_ptr(&self.stream, n, what)?;
+        let off = v.off + v.buf.off;
+        self.stream.clone_dtoh(&v.buf.buf.slice(off..off + n)).map_err(|e| device_err(format!("downloading {what}"), e))
+    }
+
+    pub fn fill<T: DeviceRepr + Clone>(&self, d: &mut DevBuf<T>, value: T) -> Result<(), BackendError> {
         let host = vec![value; d.len];
         self.write(d, &host, "poisoned outputs")
     }

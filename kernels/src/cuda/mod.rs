@@ -9,10 +9,13 @@
 //! By concern:
 //! - [`source`]: the sources and NVRTC;
 //! - [`plan`]: the one place a kernel and tile are chosen from T ([`plan::route`]);
-//! - `memory`: aligned device buffers; [`args`]: the argument builder and the two launch forms;
+//! - [`memory`]: aligned device buffers and views of them; [`args`]: the argument builder and the
+//!   two launch forms;
 //! - [`prepared`]: weights uploaded once per layer, per-T buffers and plans, `launch` (enqueue
 //!   only, for timing and graph capture), `poison`, `download`;
 //! - [`late_writer`]: whether a chained (PDL) launch waits for the kernel before it;
+//! - [`decoder`]: the rest of HF's decoder layer (head norms, RoPE, attention, MLP glue, GEMMs)
+//!   for the model gate's device forward pass;
 //! - `backend`: the [`Backend`](crate::Backend) implementation over the above.
 //!
 //! cudarc panics when a CUDA library is missing, so [`Cuda::probe`] checks that each library can
@@ -21,8 +24,9 @@
 
 pub mod args;
 mod backend;
+pub mod decoder;
 pub mod late_writer;
-mod memory;
+pub mod memory;
 pub mod modules;
 pub mod plan;
 pub mod prepared;
@@ -35,6 +39,8 @@ use cudarc::cublas::{CudaBlas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, sys};
 
 use crate::backend::BackendError;
+pub use decoder::{AttnStep, DecoderOps};
+pub use memory::{DevBuf, View};
 pub use modules::KernelInfo;
 pub use plan::{DecodeRule, DecodeW, Route};
 pub use prepared::{DeviceWeights, Launch, Prepared};

@@ -102,6 +102,18 @@ impl Prepared {
     pub fn entry(&self) -> &'static Entry {
         self.entry
     }
+    /// The op's input [T, H]: a device forward pass writes each layer's input here in place.
+    pub fn x(&self) -> &DevBuf<bf16> {
+        &self.x
+    }
+    /// The op's outputs, q [T, Nq*D], k and v [T, Nkv*D].
+    pub fn qkv(&self) -> [&DevBuf<bf16>; 3] {
+        [&self.q, &self.k, &self.v]
+    }
+    /// Mutable q, k, v (to poison or overwrite them: a control's perturbation).
+    pub fn qkv_mut(&mut self) -> [&mut DevBuf<bf16>; 3] {
+        [&mut self.q, &mut self.k, &mut self.v]
+    }
     pub fn shape(&self) -> Shape {
         self.shape
     }
@@ -328,12 +340,29 @@ impl Cuda {
 
     /// out [T, N] = b [T, H] @ w [N, H]^T: PyTorch's F.linear, bf16 with fp32 compute.
     fn gemm_bf16(&self, w: u64, b: u64, out: u64, s: &Shape) -> Result<(), BackendError> {
+        self.linear_raw(w, b, out, s.n(), s.t, s.h)
+    }
+
+    /// out [t, n] = x [t, k] @ w [n, k]^T (nn.Linear's layout), bf16 operands and output with
+    /// fp32 compute: cuBLAS's GemmEx, as PyTorch calls it for a bf16 F.linear.
+    pub(super) fn linear_raw(
+        &self,
+        w: u64,
+        x: u64,
+        out: u64,
+        n: usize,
+        t: usize,
+        k: usize,
+    ) -> Result<(), BackendError> {
         let (alpha, beta) = (1.0f32, 0.0f32);
-        let (n, t, h) = (s.n() as i32, s.t as i32, s.h as i32);
-        // out[T,N] row-major is column-major N x T (ld N) = W (col-major H x N, ld H)^T times
-        // B (col-major H x T, ld H).
-        // SAFETY: device pointers of the sizes above; alpha/beta are host f32 (the handle's default
-        // pointer mode) matching CUBLAS_COMPUTE_32F.
+        let int = |v: usize, what: &str| {
+            i32::try_from(v).map_err(|_| BackendError::BadInput(format!("GEMM {what} = {v} overflows cuBLAS's int")))
+        };
+        let (n, t, k) = (int(n, "N")?, int(t, "T")?, int(k, "K")?);
+        // out[t,n] row-major is column-major n x t (ld n) = W (col-major k x n, ld k)^T times
+        // x (col-major k x t, ld k).
+        // SAFETY: device pointers of the sizes above (checked by the callers); alpha/beta are host
+        // f32 (the handle's default pointer mode) matching CUBLAS_COMPUTE_32F.
         unsafe {
             blas_result::gemm_ex(
                 *self.blas.handle(),
@@ -341,14 +370,14 @@ impl Cuda {
                 blas_sys::cublasOperation_t::CUBLAS_OP_N,
                 n,
                 t,
-                h,
+                k,
                 (&alpha as *const f32).cast(),
                 w as *const c_void,
                 blas_sys::cudaDataType::CUDA_R_16BF,
-                h,
-                b as *const c_void,
+                k,
+                x as *const c_void,
                 blas_sys::cudaDataType::CUDA_R_16BF,
-                h,
+                k,
                 (&beta as *const f32).cast(),
                 out as *mut c_void,
                 blas_sys::cudaDataType::CUDA_R_16BF,

@@ -20,6 +20,9 @@ pub const DECODE_CUH: &str = include_str!("../../cuda/decode.cuh");
 /// The standard path's HF RMSNorm and q/k/v split kernels.
 pub const RMSNORM_CU: &str = include_str!("../../cuda/rmsnorm.cu");
 pub const PROBES_CU: &str = include_str!("../../cuda/probes.cu");
+/// The rest of HF's decoder layer (head norms and RoPE, eager attention, SiLU * up, residual adds,
+/// the embedding gather): the model gate's device forward pass.
+pub const DECODER_CU: &str = include_str!("../../cuda/decoder.cu");
 
 /// The headers a source may include, by name: NVRTC sees them spliced in, never looks one up.
 const HEADERS: [(&str, &str); 3] = [("common.cuh", COMMON_CUH), ("tiles.cuh", TILES_CUH), ("decode.cuh", DECODE_CUH)];
@@ -31,16 +34,18 @@ pub enum Source {
     Rmsnorm,
     /// Kernels that test the launch machinery (`probes.cu`).
     Probes,
+    Decoder,
 }
 
 impl Source {
-    pub const ALL: [Source; 3] = [Source::Fused, Source::Rmsnorm, Source::Probes];
+    pub const ALL: [Source; 4] = [Source::Fused, Source::Rmsnorm, Source::Probes, Source::Decoder];
 
     pub fn file_name(self) -> &'static str {
         match self {
             Source::Fused => "fused_rmsnorm_qkv.cu",
             Source::Rmsnorm => "rmsnorm.cu",
             Source::Probes => "probes.cu",
+            Source::Decoder => "decoder.cu",
         }
     }
 
@@ -50,6 +55,7 @@ impl Source {
             Source::Fused => FUSED_CU,
             Source::Rmsnorm => RMSNORM_CU,
             Source::Probes => PROBES_CU,
+            Source::Decoder => DECODER_CU,
         };
         HEADERS
             .iter()

@@ -1,8 +1,14 @@
 //! A Qwen3 forward pass at HF transformers' rounding points (eager attention, bf16 everywhere HF
 //! is bf16), with one registry entry doing every layer's input RMSNorm + QKV projection on the
 //! chosen backend. Prefill, decode with a KV cache, teacher-forced scoring and greedy generation.
+//!
+//! Two implementations of [`ForwardPass`]: [`Forward`] runs the reference ops on the host around
+//! any backend's prepared entry; [`device::DeviceForward`] runs the whole pass on a GPU (the
+//! entry's own kernels and `kernels/cuda/decoder.cu` at the same rounding points), where a
+//! 28-layer model takes seconds and a decode step can be timed as one graph.
 
 pub mod attention;
+pub mod device;
 pub mod layer;
 pub mod ops;
 pub mod rope;
@@ -66,7 +72,43 @@ pub enum Logits {
     None,
 }
 
-/// A pass of the model with one entry in every layer; it keeps its KV cache between calls.
+/// A forward pass with one entry in every layer that keeps its KV cache between calls.
+pub trait ForwardPass {
+    /// Starts a new sequence.
+    fn reset(&mut self);
+
+    /// Runs `tokens` at the next positions (the whole prompt for a prefill, one token for a decode
+    /// step), appending them to the cache.
+    fn step(&mut self, tokens: &[u32], logits: Logits, tap: &mut dyn Tap) -> Result<Pass, PassError>;
+
+    /// Every position of `tokens` in one prefill (teacher-forced: no position depends on an
+    /// earlier prediction, so a difference cannot compound), with `logits` for its positions.
+    fn teacher_forced(&mut self, tokens: &[u32], logits: Logits, tap: &mut dyn Tap) -> Result<Pass, PassError> {
+        self.reset();
+        self.step(tokens, logits, tap)
+    }
+
+    /// Greedy continuation of `prompt`, each token the argmax (first on ties, as torch) of the
+    /// previous step's logits, decoded one at a time through the KV cache: as many tokens as
+    /// `until` holds, stopping after the first that differs from it (all that the first divergent
+    /// token needs).
+    fn greedy(&mut self, prompt: &[u32], until: &[u32], tap: &mut dyn Tap) -> Result<Vec<u32>, PassError> {
+        self.reset();
+        let mut logits = self.step(prompt, Logits::Last, tap)?.logits;
+        let mut out = Vec::with_capacity(until.len());
+        for (i, &theirs) in until.iter().enumerate() {
+            let next = argmax(&logits);
+            out.push(next);
+            if next != theirs || i + 1 == until.len() {
+                break;
+            }
+            logits = self.step(&[next], Logits::Last, tap)?.logits;
+        }
+        Ok(out)
+    }
+}
+
+/// A pass of the model on the host with one entry in every layer.
 pub struct Forward<'a> {
     entry: &'static Entry,
     tables: &'a ModelTables,
@@ -92,16 +134,15 @@ impl<'a> Forward<'a> {
             .map_err(|source| PassError::Backend { entry: entry.name, source })?;
         Ok(Forward { entry, tables, layers, next_pos: 0 })
     }
+}
 
-    /// Starts a new sequence.
-    pub fn reset(&mut self) {
+impl ForwardPass for Forward<'_> {
+    fn reset(&mut self) {
         self.layers.iter_mut().for_each(DecoderLayer::reset);
         self.next_pos = 0;
     }
 
-    /// Runs `tokens` at the next positions (the whole prompt for a prefill, one token for a decode
-    /// step), appending them to the cache.
-    pub fn step(&mut self, tokens: &[u32], logits: Logits, tap: &mut dyn Tap) -> Result<Pass, PassError> {
+    fn step(&mut self, tokens: &[u32], logits: Logits, tap: &mut dyn Tap) -> Result<Pass, PassError> {
         let c = &self.tables.config;
         let h = c.hidden_size;
         let mut x = Vec::with_capacity(tokens.len() * h);
@@ -125,32 +166,6 @@ impl<'a> Forward<'a> {
         };
         let normed = rmsnorm(rows, &self.tables.norm, c.rms_norm_eps as f32);
         Ok(Pass { layers: outputs, logits: self.tables.lm_head.forward(&normed) })
-    }
-
-    /// Every position of `tokens` in one prefill (teacher-forced: no position depends on an
-    /// earlier prediction, so a difference cannot compound), with `logits` for its positions.
-    pub fn teacher_forced(&mut self, tokens: &[u32], logits: Logits, tap: &mut dyn Tap) -> Result<Pass, PassError> {
-        self.reset();
-        self.step(tokens, logits, tap)
-    }
-
-    /// Greedy continuation of `prompt`, each token the argmax (first on ties, as torch) of the
-    /// previous step's logits, decoded one at a time through the KV cache: as many tokens as
-    /// `until` holds, stopping after the first that differs from it (all that the first divergent
-    /// token needs).
-    pub fn greedy(&mut self, prompt: &[u32], until: &[u32], tap: &mut dyn Tap) -> Result<Vec<u32>, PassError> {
-        self.reset();
-        let mut logits = self.step(prompt, Logits::Last, tap)?.logits;
-        let mut out = Vec::with_capacity(until.len());
-        for (i, &theirs) in until.iter().enumerate() {
-            let next = argmax(&logits);
-            out.push(next);
-            if next != theirs || i + 1 == until.len() {
-                break;
-            }
-            logits = self.step(&[next], Logits::Last, tap)?.logits;
-        }
-        Ok(out)
     }
 }
 

@@ -24,6 +24,18 @@ impl Rope {
         (half(f32::cos), half(f32::sin))
     }
 
+    /// cos and sin at positions 0..positions, each [positions, d] bf16: the device pass's tables,
+    /// the same values [`Rope::apply`] uses.
+    pub fn tables(&self, positions: usize) -> (Vec<bf16>, Vec<bf16>) {
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for pos in 0..positions {
+            let (c, s) = self.cos_sin(pos);
+            cos.extend(c);
+            sin.extend(s);
+        }
+        (cos, sin)
+    }
+
     /// Rotates every head of `x` ([heads, d], one position) in place.
     pub fn apply(&self, x: &mut [bf16], pos: usize) {
         let d = 2 * self.inv_freq.len();
