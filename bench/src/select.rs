@@ -9,8 +9,10 @@
 
 mod decide;
 mod markdown;
+mod model_gate;
 
 pub use decide::decide;
+pub use model_gate::{ModelEvidence, ModelLine};
 
 use crate::schema::{Cache, Launch};
 use fusegate_harness::invariance::InvarianceReport;
@@ -60,19 +62,29 @@ pub struct Gates {
     /// conformance file predates the check). When not, the chained decision counts it at its
     /// serial figure.
     pub chains_safely: Option<bool>,
+    /// Within its model contract on every model of the model check (`None`: no model evidence
+    /// was applied; closed like a failure).
+    pub model: Option<bool>,
     /// Why a gate is closed (first failing trial), if one is.
     pub reason: Option<String>,
 }
 
 impl Gates {
     pub fn open(&self) -> bool {
-        self.contract && self.deterministic
+        self.contract && self.deterministic && self.model == Some(true)
     }
 
     /// Before any trial: the contract holds until a golden trial fails; determinism is not
     /// known until an invariance trial shows it.
     fn unseen() -> Gates {
-        Gates { contract: true, deterministic: false, batch_invariant: false, chains_safely: None, reason: None }
+        Gates {
+            contract: true,
+            deterministic: false,
+            batch_invariant: false,
+            chains_safely: None,
+            model: None,
+            reason: None,
+        }
     }
 
     /// A contract trial (golden case, or boundary shape) that did not pass, failed or not run,
@@ -167,6 +179,8 @@ pub struct Decision {
     pub gpu: String,
     pub bench: String,
     pub conformance: String,
+    /// The model gate's evidence: the model check it read, the models, each variant's lines.
+    pub model: ModelEvidence,
     pub cache: Cache,
     pub launch: Launch,
     pub mix: Mix,

@@ -7,7 +7,7 @@
 // Launch rules (kernels/src/cuda/decoder.rs encodes them):
 //   fusegate_embed:         grid = T, block = 256.
 //   fusegate_qk_norm_rope:  grid = (T, Nq + 2 Nkv), block = D (even, <= 1024), no dynamic smem.
-//   fusegate_attention:     grid = (Nq, T), block = 128, dynamic smem = (D + first_pos + T) floats.
+//   fusegate_attention:     grid = (Nq, T), block = 1024, dynamic smem = (33 D + first_pos + T) floats.
 //   fusegate_silu_mul, fusegate_add: grid = ceil(n / 256), block = 256.
 #include "common.cuh"
 
@@ -99,20 +99,25 @@ extern "C" __global__ void fusegate_qk_norm_rope(
 // positions 0..=first_pos + t (the causal mask: masked scores are exactly 0 after the softmax, so
 // they are left out): scores bf16(q . k) (fp32 accumulation), times the scaling in bf16, softmax in
 // fp32 rounded to bf16, then bf16(sum p * v). Query head h reads key/value head h / (Nq / Nkv).
-extern "C" __global__ void __launch_bounds__(128)
+// 32 warps share the keys (warp w takes keys w, w + 32, ...) for the scores and for p * v; the
+// warps' partial sums of p * v are added in warp order, so the result does not depend on timing.
+extern "C" __global__ void __launch_bounds__(1024)
     fusegate_attention(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,
                        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out, int T, int Nq,
                        int Nkv, int D, int first_pos, float scaling) {
+    constexpr int MAX_PER_LANE = 8;  // D <= 256
     extern __shared__ float s_dyn[];
     __shared__ float s_part[32];
     __shared__ float s_red;
-    float* s_q = s_dyn;
-    float* s_p = s_dyn + D;
+    const int warps = blockDim.x >> 5;
+    float* s_q = s_dyn;                 // [D]
+    float* s_acc = s_dyn + D;           // [warps, D]: each warp's partial p * v
+    float* s_p = s_dyn + D + warps * D; // [visible]
     const int h = blockIdx.x, t = blockIdx.y;
     if (h >= Nq || t >= T) return;
     const int kvh = h / (Nq / Nkv);
     const int visible = first_pos + t + 1;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int i = threadIdx.x; i < D; i += blockDim.x) s_q[i] = fg::bf2f(q[(static_cast<size_t>(t) * Nq + h) * D + i]);
     __syncthreads();
     for (int s = warp; s < visible; s += warps) {
@@ -136,10 +141,24 @@ extern "C" __global__ void __launch_bounds__(128)
     const float total = fg::block_sum(part, s_part, &s_red);
     for (int s = threadIdx.x; s < visible; s += blockDim.x) s_p[s] = fg::round_bf16(__fdiv_rn(s_p[s], total));
     __syncthreads();
+    float acc[MAX_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i) acc[i] = 0.f;
+    for (int s = warp; s < visible; s += warps) {
+        const float p = s_p[s];
+        const __nv_bfloat16* vr = v_cache + (static_cast<size_t>(s) * Nkv + kvh) * D;
+#pragma unroll
+        for (int i = 0; i < MAX_PER_LANE; ++i)
+            if (lane + 32 * i < D) acc[i] = fmaf(p, fg::bf2f(vr[lane + 32 * i]), acc[i]);  // exact products
+    }
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i)
+        if (lane + 32 * i < D) s_acc[warp * D + lane + 32 * i] = acc[i];
+    __syncthreads();
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        float acc = 0.f;
-        for (int s = 0; s < visible; ++s) acc = fmaf(s_p[s], fg::bf2f(v_cache[(static_cast<size_t>(s) * Nkv + kvh) * D + j]), acc);
-        out[(static_cast<size_t>(t) * Nq + h) * D + j] = __float2bfloat16_rn(acc);
+        float sum = 0.f;
+        for (int w = 0; w < warps; ++w) sum = __fadd_rn(sum, s_acc[w * D + j]);
+        out[(static_cast<size_t>(t) * Nq + h) * D + j] = __float2bfloat16_rn(sum);
     }
 }
 

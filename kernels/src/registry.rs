@@ -208,9 +208,11 @@ const F32_STAGES: &[StageBound] = &[
 // as large as the largest of HF's own (batch size, sdpa, decode vs prefill), with an allowance of
 // 1.5x for the sampling noise of figures taken over ~170 positions and the CPU emulation's other
 // fp32 reduction orders (the unfused standard path must pass it: the proof the pass is faithful),
-// and 2 points of same-top-1.
+// and 2 points of same-top-1 or 3 sigmas of the floor's count of differing positions, whichever is
+// more (contract.rs: measured on the 28-layer model, where 0.1% of 1-ulp flips per layer, the
+// sub-floor control, lands 2.4 points below the floor).
 const WITHIN_HF_FLOOR: ModelContract =
-    ModelContract { max_drift_over_floor: 1.5, max_kl_over_floor: 1.5, max_top1_drop_pct: 2.0 };
+    ModelContract { max_drift_over_floor: 1.5, max_kl_over_floor: 1.5, max_top1_drop_pct: 2.0, top1_sigmas: 3.0 };
 
 const HF_CONTRACT: Contract =
     Contract { stages: HF_STAGES, deterministic: true, batch_invariant: false, model: WITHIN_HF_FLOOR };

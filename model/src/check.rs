@@ -11,6 +11,7 @@ use fusegate_kernels::registry::{self, Role};
 use fusegate_kernels::{Backend, BackendError, Entry, ModelContract};
 use serde::{Deserialize, Serialize};
 
+use crate::boundaries::{self, BoundaryPrefill};
 use crate::controls::{Control, Expect, Perturb, Perturbation};
 use crate::forward::device::{DeviceForward, DeviceTables};
 use crate::forward::tap::{Tap, Untouched};
@@ -112,10 +113,12 @@ impl Model {
         self.tables.get_or_init(|| ModelTables::new(&self.weights))
     }
 
-    /// Positions a pass over the goldens reaches: the longest prompt and its greedy continuation.
-    pub fn positions(&self) -> usize {
+    /// Positions a pass over the goldens reaches on `backend`: the longest prompt and its greedy
+    /// continuation, or the longest boundary prefill.
+    pub fn positions(&self, backend: &dyn Backend) -> usize {
         let m = &self.golden.manifest;
-        m.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + m.greedy + 1
+        let golden = m.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0) + m.greedy + 1;
+        golden.max(boundaries::longest(backend, self))
     }
 
     /// The weights on `cuda`, uploaded on first use.
@@ -123,7 +126,7 @@ impl Model {
         if let Some(t) = self.device.get() {
             return Ok(t);
         }
-        let t = DeviceTables::upload(cuda, &self.weights, self.positions())?;
+        let t = DeviceTables::upload(cuda, &self.weights, self.positions(cuda))?;
         Ok(self.device.get_or_init(|| t))
     }
 
@@ -164,12 +167,12 @@ impl Model {
             self.weights.config.hidden_size,
         );
         let (verdict, first_drifting_layer) = self.verdict(&figures, &entry.contract().model);
-        Ok(Judged { figures, verdict, first_drifting_layer })
+        Ok(Judged { figures, verdict, first_drifting_layer, boundaries: Vec::new() })
     }
 
     /// A pass of `entry` on `backend`: the whole pass on the device where the backend is a GPU,
     /// else the host's reference ops around the backend's prepared entry.
-    fn pass<'a>(
+    pub fn pass<'a>(
         &'a self,
         backend: &'a dyn Backend,
         entry: &'static Entry,
@@ -244,10 +247,10 @@ impl Model {
                 reasons.push(format!("mean KL {kl:.3e} nats over {}x HF's floor {floor:.3e}", c.max_kl_over_floor));
             }
             let (top1, floor) = (o.same_top1_pct, self.floor.same_top1_pct);
-            if !at_most(floor - c.max_top1_drop_pct, top1) {
+            let allowed = c.top1_allowance_pct(floor, o.positions);
+            if !at_most(floor - allowed, top1) {
                 reasons.push(format!(
-                    "same top-1 {top1:.1}% below HF's floor {floor:.1}% by more than {} points",
-                    c.max_top1_drop_pct
+                    "same top-1 {top1:.1}% below HF's floor {floor:.1}% by more than {allowed:.1} points"
                 ));
             }
         }
@@ -281,8 +284,33 @@ impl Model {
     }
 
     /// Judges an entry with nothing perturbed; variants also decode greedily.
+    /// Judges an entry with nothing perturbed; variants also decode greedily. The boundary
+    /// prefills join the verdict: a path chosen by shape that leaves the floor fails the entry.
     pub fn judge_entry(&self, backend: &dyn Backend, entry: &'static Entry) -> Result<Judged, PassError> {
-        self.judge(backend, entry, &mut Untouched, decides(entry))
+        let mut judged = self.judge(backend, entry, &mut Untouched, decides(entry))?;
+        judged.boundaries = boundaries::check(self, backend, entry)?;
+        let over: Vec<String> = judged
+            .boundaries
+            .iter()
+            .filter(|b| !b.passed)
+            .map(|b| format!("T = {} ({:.2}x the floor at layer {})", b.t, b.worst_over_floor, b.worst_layer))
+            .collect();
+        if !over.is_empty() {
+            let reason = format!(
+                "boundary prefills outside {}x HF's floor against {}'s pass: {}",
+                entry.contract().model.max_drift_over_floor,
+                registry::baseline().name,
+                over.join(", ")
+            );
+            judged.verdict = match judged.verdict {
+                Verdict::Pass => Verdict::Fail { reasons: vec![reason] },
+                Verdict::Fail { mut reasons } => {
+                    reasons.push(reason);
+                    Verdict::Fail { reasons }
+                }
+            };
+        }
+        Ok(judged)
     }
 }
 
@@ -292,6 +320,10 @@ pub struct Judged {
     pub figures: Figures,
     pub verdict: Verdict,
     pub first_drifting_layer: Option<usize>,
+    /// Prefills on both sides of every T where the backend switches the entry's path, against
+    /// the baseline's pass (empty where the backend has no switch points).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boundaries: Vec<BoundaryPrefill>,
 }
 
 /// `value <= bound`, false for NaN: an unwritten element poisons everything after it, and a NaN

@@ -1,7 +1,7 @@
 //! The model gate: a fused kernel that passes the layer-level contracts must also leave a whole
 //! Qwen3 forward pass (judged against HF transformers, beside HF's own noise floor) as it was.
 //! [`forward`] is that pass at HF's rounding points with a registry entry in every layer;
-//! [`golden`], [`metrics`], [`check`], [`controls`] and [`gate`] judge it; [`results`] and
+//! [`golden`], [`metrics`], [`check`], [`boundaries`], [`controls`] and [`gate`] judge it; [`results`] and
 //! [`report`] record it. Beneath them, what the pass runs on: the config (parsed from config.json, never defaulted),
 //! the weights in HF's layout and names, read from or written to a checkpoint directory with every
 //! tensor checked against the config, seeded synthetic weights (no Qwen3 weights ship in any
@@ -17,6 +17,7 @@
 //! # Ok::<(), fusegate_model::ModelError>(())
 //! ```
 
+pub mod boundaries;
 pub mod check;
 mod checkpoint;
 mod config;

@@ -69,7 +69,7 @@ fn logsumexp(row: &[bf16]) -> f64 {
 
 /// A figure that may be NaN (an unwritten element poisons everything after it): JSON has no NaN,
 /// so it is written as null and read back as NaN.
-mod maybe_nan {
+pub(crate) mod maybe_nan {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
@@ -134,6 +134,18 @@ fn drift_sums(c: &[bf16], r: &[bf16], h: usize, worst: &mut f64) -> (f64, f64) {
         den += d;
     }
     (num, den)
+}
+
+/// Per layer, ||a - b|| / ||b|| over every position: how far one pass's residual stream is from
+/// another's.
+pub fn layer_drift(a: &[Vec<bf16>], b: &[Vec<bf16>], hidden: usize) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let (n, d) = drift_sums(x, y, hidden, &mut 0.0);
+            (n / d.max(f64::MIN_POSITIVE)).sqrt()
+        })
+        .collect()
 }
 
 /// KL(p || q) over the top-K ids plus the rest of the vocabulary as one bucket.

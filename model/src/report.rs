@@ -115,7 +115,33 @@ pub fn model_markdown(m: &ModelReport, svg_name: &str) -> String {
         }
     }
     host_agreement(&mut s, m);
+    boundary_prefills(&mut s, m);
     s
+}
+
+/// Each entry's prefills at the backend's switch points, against the baseline's pass.
+fn boundary_prefills(s: &mut String, m: &ModelReport) {
+    let rows: Vec<_> = m.entries.iter().filter(|e| !e.judged.boundaries.is_empty()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nBoundary prefills (the prompts' tokens cut to both sides of every T where the backend switches the \
+         entry's kernel or tile; worst layer drift from the baseline's pass over HF's floor there):\n"
+    );
+    for e in rows {
+        let cells: Vec<String> = e
+            .judged
+            .boundaries
+            .iter()
+            .map(|b| {
+                let mark = if b.passed { "" } else { " **over**" };
+                format!("T={} {:.2}x{mark}", b.t, b.worst_over_floor)
+            })
+            .collect();
+        let _ = writeln!(s, "- {}: {}", e.entry, cells.join(", "));
+    }
 }
 
 /// The device pass against the host pass of the same variant, beside HF's own floor.

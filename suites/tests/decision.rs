@@ -2,11 +2,12 @@
 //! select's rules, the buckets or the report shows up as a snapshot diff, and the rules are checked.
 
 use fusegate_bench::schema::{BenchRun, Cache, Launch};
-use fusegate_bench::select::{self, Mix};
+use fusegate_bench::select::{self, Mix, ModelEvidence};
 use fusegate_harness::Check;
 use fusegate_harness::invariance::ChainedRun;
 use fusegate_harness::results::ConformanceRun;
 use fusegate_kernels::{BackendId, EntryId};
+use fusegate_model::results::ModelCheckRun;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,12 @@ fn conformance() -> ConformanceRun {
     ConformanceRun::load(&fixture_path("conformance-cuda-nvidia-h200.json")).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The model-check fixture: a real H200 model check (28-layer models, every entry).
+fn model() -> ModelEvidence {
+    let run = ModelCheckRun::load(&fixture_path("model-cuda-nvidia-h200.json")).unwrap_or_else(|e| panic!("{e}"));
+    ModelEvidence::from_run(&run, "model-cuda-nvidia-h200.json".into())
+}
+
 fn decide(mix: Mix) -> select::Decision {
     decide_for(mix, Launch::Serial)
 }
@@ -31,7 +38,7 @@ fn decide(mix: Mix) -> select::Decision {
 fn decide_for(mix: Mix, launch: Launch) -> select::Decision {
     let gates = select::gates_from_conformance(&conformance(), BackendId::Cuda);
     let sources = ("bench-nvidia-h200.json".into(), "conformance-cuda-nvidia-h200.json".into());
-    select::decide(&bench(), gates, mix, sources, launch)
+    select::decide(&bench(), gates, &model(), mix, sources, launch)
 }
 
 #[test]
@@ -63,6 +70,32 @@ fn gates_close_on_a_failed_contract_and_the_winner_is_never_gated_out() {
     // The dispatch covers every measured T, in order, without gaps.
     let ts: Vec<usize> = d.dispatch.iter().flat_map(|r| [r.t_from, r.t_to]).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+}
+
+#[test]
+fn the_model_gate_closes_variants_outside_their_model_contract_or_never_judged() {
+    let conf_gates = select::gates_from_conformance(&conformance(), BackendId::Cuda);
+    // f32 passes its op-level contract on the GPU fixture; only the model check can close it.
+    assert!(conf_gates[&EntryId::F32].contract && conf_gates[&EntryId::F32].deterministic);
+    let d = decide(Mix::default());
+    let f32 = &d.gates[&EntryId::F32];
+    assert_eq!(f32.model, Some(false));
+    assert!(!f32.open() && f32.reason.as_deref().is_some_and(|r| r.contains("outside its model contract")), "{f32:?}");
+    assert!(d.buckets.iter().all(|b| b.winner != Some(EntryId::F32)));
+    assert!(d.gates[&EntryId::Exact].model == Some(true) && d.gates[&EntryId::Standard].open());
+    let md = d.markdown();
+    assert!(md.contains("## Model gate") && md.contains("stable-l28 (28 layers"), "{md}");
+
+    // A variant the model check never judged is not production either, however fast it is.
+    let mut blind = model();
+    blind.lines.remove(&EntryId::Exact);
+    let gates = select::gates_from_conformance(&conformance(), BackendId::Cuda);
+    let sources = ("bench".to_string(), "conformance".to_string());
+    let d = select::decide(&bench(), gates, &blind, Mix::default(), sources, Launch::Serial);
+    let exact = &d.gates[&EntryId::Exact];
+    assert!(!exact.open() && exact.reason.as_deref().is_some_and(|r| r.contains("not judged")), "{exact:?}");
+    assert!(d.buckets.iter().all(|b| b.winner != Some(EntryId::Exact)));
+    assert!(d.dispatch.iter().all(|r| r.variant != EntryId::Exact));
 }
 
 #[test]
@@ -127,12 +160,15 @@ fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained
     exact_invariance.chained = vec![ChainedRun { t: 1, saw_late_x: true }, ChainedRun { t: 5, saw_late_x: false }];
     let gates = select::gates_from_conformance(&conf, BackendId::Cuda);
     let exact = &gates[&EntryId::Exact];
-    assert!(exact.chains_safely == Some(false) && exact.open(), "serially, exact is still fine");
+    assert!(
+        exact.chains_safely == Some(false) && exact.contract && exact.deterministic,
+        "serially, exact is still fine"
+    );
     assert_eq!(gates[&EntryId::Mixed].chains_safely, None);
 
     let bench = bench();
     let sources = ("bench".to_string(), "conformance".to_string());
-    let d = select::decide(&bench, gates, Mix::default(), sources, Launch::Chained);
+    let d = select::decide(&bench, gates, &model(), Mix::default(), sources, Launch::Chained);
     let mut checked = 0;
     for c in d.buckets.iter().flat_map(|b| &b.candidates).filter(|c| c.variant == EntryId::Exact) {
         for &(t, us) in &c.times_us {
@@ -143,8 +179,8 @@ fn a_variant_whose_chained_launch_raced_counts_at_its_serial_figure_when_chained
     }
     assert!(checked >= 3, "exact had chained figures at {checked} token counts: the test would show nothing");
     let md = d.markdown();
-    assert!(md.contains("chained launches wait") && md.contains("| exact | yes | yes | yes | **no** |"), "{md}");
-    assert!(md.contains("| mixed | **no** | yes | **no** | - |"), "{md}");
+    assert!(md.contains("chained launches wait") && md.contains("| exact | yes | yes | yes | yes | **no** |"), "{md}");
+    assert!(md.contains("| mixed | **no** | yes | **no** | yes | - |"), "{md}");
 }
 
 #[test]

@@ -4,12 +4,16 @@ use crate::bench::{load_bench, write_report};
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
 use fusegate_bench::schema::{Launch, slug};
-use fusegate_bench::select::{self, Mix};
+use fusegate_bench::select::{self, Mix, ModelEvidence};
 use fusegate_harness::results::{ConformanceRun, write_atomically};
 use fusegate_kernels::BackendId;
+use fusegate_model::results::ModelCheckRun;
+
+/// The model check whose verdicts gate the decision, in results/<gpu>/.
+const MODEL_CHECK: &str = "model-cuda.json";
 use std::process::ExitCode;
 
-/// Choose the production variant per token bucket from results/<gpu>/{latest,conformance-cuda}.json.
+/// Choose the production variant per token bucket from results/<gpu>/{latest,conformance-cuda,model-cuda}.json.
 #[derive(clap::Args)]
 pub struct Args {
     /// GPU directory under results/ (e.g. nvidia-h200). Default: this machine's GPU, else the only
@@ -53,15 +57,30 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if gates.is_empty() {
         bail!("{}: no CUDA conformance trials", conf_path.display());
     }
+    let model_path = dir.join(MODEL_CHECK);
+    if !model_path.is_file() {
+        bail!("no {} (run `cargo xtask model-check --backend cuda` on this GPU)", model_path.display());
+    }
+    let model_run = ModelCheckRun::load(&model_path).map_err(anyhow::Error::msg)?;
+    let judged_on = model_run.environment.device.clone().unwrap_or_default();
+    if model_run.backend != BackendId::Cuda || !judged_on.starts_with(&bench.fingerprint.gpu) {
+        bail!(
+            "{}: a model check on {} ({judged_on}), the bench ran on {}: the model gate must come from the same GPU",
+            model_path.display(),
+            model_run.backend,
+            bench.fingerprint.gpu
+        );
+    }
     // Sources as the repository names them (results/<gpu>/...), not as this machine's paths.
     let name = |f: &str| format!("results/{gpu}/{f}");
+    let model = ModelEvidence::from_run(&model_run, name(MODEL_CHECK));
     let sources = (name("latest.json"), name("conformance-cuda.json"));
     // The serial decision is the default; where the bench has chained figures, the decision for
     // a PDL-enabled stack goes beside it.
     let chained = bench.measurements.iter().any(|m| m.launch == Launch::Chained);
     let mut decision = None;
     for launch in [Launch::Serial, Launch::Chained].into_iter().filter(|&l| l == Launch::Serial || chained) {
-        let d = select::decide(&bench, gates.clone(), a.mix, sources.clone(), launch);
+        let d = select::decide(&bench, gates.clone(), &model, a.mix, sources.clone(), launch);
         let stem = if launch == Launch::Serial { "decision" } else { "decision-chained" };
         let json = serde_json::to_vec_pretty(&d).context("serialising the decision")?;
         write_atomically(&dir.join(format!("{stem}.json")), &json).with_context(|| format!("writing {stem}.json"))?;

@@ -1,19 +1,22 @@
 //! The rules: per bucket the fastest open variant (a tie within noise goes to the more exact one),
 //! the dispatch per measured T, the traffic-weighted figure against the standard path, memory.
 
-use super::{BUCKETS, Bucket, Candidate, Decision, DispatchRule, Gates, Mix, exactness};
+use super::{BUCKETS, Bucket, Candidate, Decision, DispatchRule, Gates, Mix, ModelEvidence, exactness};
 use crate::schema::{BenchRun, Cache, Launch, Measurement};
 use fusegate_kernels::{EntryId, registry};
 use std::collections::BTreeMap;
 
-/// Makes the decision from one bench run and the gates.
+/// Makes the decision from one bench run, the conformance gates and the model check (whose
+/// verdicts close the gates of variants outside their model contract, or not judged).
 pub fn decide(
     bench: &BenchRun,
-    gates: BTreeMap<EntryId, Gates>,
+    mut gates: BTreeMap<EntryId, Gates>,
+    model: &ModelEvidence,
     mix: Mix,
     sources: (String, String),
     launch: Launch,
 ) -> Decision {
+    model.apply(&mut gates);
     let cache = Cache::Cold;
     let figures = Figures::new(bench, cache, &gates, launch);
     let buckets: Vec<Bucket> = BUCKETS.iter().zip(mix.0).map(|(&range, share)| figures.bucket(range, share)).collect();
@@ -26,6 +29,7 @@ pub fn decide(
         gpu: bench.fingerprint.gpu.clone(),
         bench: sources.0,
         conformance: sources.1,
+        model: model.clone(),
         cache,
         launch,
         mix,

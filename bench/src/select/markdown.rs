@@ -10,6 +10,7 @@ impl Decision {
         self.write_header(&mut s);
         self.write_dispatch(&mut s);
         self.write_gates(&mut s);
+        self.write_model(&mut s);
         for b in &self.buckets {
             write_bucket(&mut s, b);
         }
@@ -56,7 +57,7 @@ impl Decision {
         let chained = self.launch == Launch::Chained;
         let _ = writeln!(
             s,
-            "\n## Gates (conformance on this GPU)\n\n| variant | contract | deterministic | batch-invariant |{} note |\n|---|---|---|---|{}---|",
+            "\n## Gates (conformance and model check on this GPU)\n\n| variant | contract | deterministic | batch-invariant | model |{} note |\n|---|---|---|---|---|{}---|",
             if chained { " chained launches wait |" } else { "" },
             if chained { "---|" } else { "" }
         );
@@ -67,14 +68,48 @@ impl Decision {
                 (true, None) => " - |".to_string(),
                 (true, Some(b)) => format!(" {} |", yn(b)),
             };
+            let model = g.model.map_or("**unseen**", yn);
             let _ = writeln!(
                 s,
-                "| {v} | {} | {} | {} |{wait} {} |",
+                "| {v} | {} | {} | {} | {model} |{wait} {} |",
                 yn(g.contract),
                 yn(g.deterministic),
                 yn(g.batch_invariant),
                 g.reason.as_deref().unwrap_or("")
             );
+        }
+    }
+
+    /// Each variant's model-level figures beside HF's floor, per model judged.
+    fn write_model(&self, s: &mut String) {
+        let m = &self.model;
+        let _ = writeln!(s, "\n## Model gate (`{}`)\n", m.source);
+        let _ =
+            writeln!(s, "Judged inside a Qwen3 forward pass against HF transformers on: {}.\n", m.models.join("; "));
+        let _ = writeln!(
+            s,
+            "| variant | model | verdict | mean KL (HF floor) | same top-1 % (floor) | first divergent greedy token (floor) | first drifting layer | last-layer drift (floor) |\n|---|---|---|---|---|---|---|---|"
+        );
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+        let tok = |t: Option<usize>| t.map_or("none".to_string(), |t| t.to_string());
+        for (v, lines) in by_name(&m.lines) {
+            for l in lines {
+                let _ = writeln!(
+                    s,
+                    "| {v} | {} | {} | {} ({:.2e}) | {} ({:.1}) | {} ({}) | {} | {:.2e} ({:.2e}) |",
+                    l.model,
+                    if l.passed { "within" } else { "**outside**" },
+                    opt(l.mean_kl, &|x| format!("{x:.2e}")),
+                    l.floor_mean_kl,
+                    opt(l.same_top1_pct, &|x| format!("{x:.1}")),
+                    l.floor_same_top1_pct,
+                    if l.greedy_decoded { tok(l.first_divergent_token) } else { "-".into() },
+                    if l.greedy_decoded { tok(l.floor_first_divergent_token) } else { "-".into() },
+                    l.first_drifting_layer.map_or("-".to_string(), |x| x.to_string()),
+                    l.last_layer_drift,
+                    l.floor_last_layer_drift
+                );
+            }
         }
     }
 
