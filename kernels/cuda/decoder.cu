@@ -7,7 +7,8 @@
 // Launch rules (kernels/src/cuda/decoder.rs encodes them):
 //   fusegate_embed:         grid = T, block = 256.
 //   fusegate_qk_norm_rope:  grid = (T, Nq + 2 Nkv), block = D (even, <= 1024), no dynamic smem.
-//   fusegate_attention:     grid = (Nq, T), block = 1024, dynamic smem = (33 D + first_pos + T) floats.
+//   fusegate_attention:     grid = (Nq, T), block = 1024 (few rows) or 128 (W = block / 32 warps),
+//                           dynamic smem = ((1 + W) D + first_pos + T) floats.
 //   fusegate_silu_mul, fusegate_add: grid = ceil(n / 256), block = 256.
 #include "common.cuh"
 
@@ -99,8 +100,8 @@ extern "C" __global__ void fusegate_qk_norm_rope(
 // positions 0..=first_pos + t (the causal mask: masked scores are exactly 0 after the softmax, so
 // they are left out): scores bf16(q . k) (fp32 accumulation), times the scaling in bf16, softmax in
 // fp32 rounded to bf16, then bf16(sum p * v). Query head h reads key/value head h / (Nq / Nkv).
-// 32 warps share the keys (warp w takes keys w, w + 32, ...) for the scores and for p * v; the
-// warps' partial sums of p * v are added in warp order, so the result does not depend on timing.
+// The block's W warps share the keys (warp w takes keys w, w + W, ...) for the scores and for p * v;
+// the warps' partial sums of p * v are added in warp order, so the result does not depend on timing.
 extern "C" __global__ void __launch_bounds__(1024)
     fusegate_attention(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k_cache,
                        const __nv_bfloat16* __restrict__ v_cache, __nv_bfloat16* __restrict__ out, int T, int Nq,

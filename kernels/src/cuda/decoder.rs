@@ -14,8 +14,13 @@ use super::{Cuda, device_err};
 use crate::backend::BackendError;
 use crate::op::Dims;
 
-/// Threads of the attention kernel (its launch bound): 32 warps share the keys.
+/// Threads of the attention kernel (its launch bound): 32 warps share the keys of a row when
+/// there are few rows (decode: one block per query head), 4 warps when there are enough rows to
+/// fill the GPU (prefill), where 1024-thread blocks took twice as long (NOTES.md).
 const ATTENTION_THREADS: u32 = 1024;
+const ATTENTION_THREADS_MANY_ROWS: u32 = 128;
+/// Rows (query heads x tokens) from which the small blocks are used.
+const MANY_ROWS: usize = 1024;
 /// Dynamic shared memory the attention kernel may use: the query row, each warp's partial
 /// p * v row and one score per visible position, in fp32 (96 KiB: about 20 000 positions at
 /// D = 128).
@@ -182,7 +187,8 @@ impl DecoderOps<'_> {
         let st = self.cuda.stream();
         let d = s.dims;
         let (qw, kw, pos) = (d.nq * d.d, d.nkv * d.d, s.last_pos());
-        let floats = (1 + ATTENTION_THREADS as usize / 32) * d.d + pos;
+        let threads = if d.nq * s.t >= MANY_ROWS { ATTENTION_THREADS_MANY_ROWS } else { ATTENTION_THREADS };
+        let floats = (1 + threads as usize / 32) * d.d + pos;
         let fits = floats * 4 <= ATTENTION_SMEM as usize && d.d.is_multiple_of(32) && d.d <= 256;
         if !fits || d.nkv == 0 || !d.nq.is_multiple_of(d.nkv) {
             return Err(BackendError::BadInput(format!(
@@ -200,7 +206,7 @@ impl DecoderOps<'_> {
             .ptr(out.checked_ptr(st, s.t * qw, "attention output")?)
             .dims(&[s.t, d.nq, d.nkv, d.d, s.first_pos])
             .f32(scaling);
-        let g = Geometry { grid: (d.nq as u32, s.t as u32, 1), block: ATTENTION_THREADS, smem };
+        let g = Geometry { grid: (d.nq as u32, s.t as u32, 1), block: threads, smem };
         self.run(&self.attention, "fusegate_attention", g, args)
     }
 
