@@ -17,10 +17,12 @@
 //! # Ok::<(), fusegate_model::ModelError>(())
 //! ```
 
+pub mod audit;
 pub mod check;
 mod checkpoint;
 mod config;
 pub mod controls;
+pub mod dump;
 mod error;
 pub mod forward;
 pub mod gate;

@@ -69,7 +69,7 @@ fn logsumexp(row: &[bf16]) -> f64 {
 
 /// A figure that may be NaN (an unwritten element poisons everything after it): JSON has no NaN,
 /// so it is written as null and read back as NaN.
-mod maybe_nan {
+pub(crate) mod maybe_nan {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
