@@ -1,5 +1,6 @@
 //! `cargo xtask`: thin commands over fusegate's libraries (the matklad cargo-xtask pattern).
 
+mod audit;
 mod bench;
 mod bundle;
 mod conform;
@@ -31,6 +32,7 @@ enum Command {
     Kernels(kernels::Args),
     ModelCheck(model_check::Args),
     SynthModel(synth_model::Args),
+    Audit(audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Kernels(a) => kernels::run(a),
         Command::ModelCheck(a) => model_check::run(a),
         Command::SynthModel(a) => synth_model::run(a),
+        Command::Audit(a) => audit::run(a),
     };
     match result {
         Ok(code) => code,

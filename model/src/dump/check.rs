@@ -312,7 +312,7 @@ impl<'m> DumpReference<'m> {
         if logits_dumped {
             stages.push(figure(Site::Logits, ratio(logit_sums), self.floor.logits));
         }
-        let against_hf = skipped.get(&LayerStage::Output).is_none().then(|| self.against_hf(dump, logits_dumped));
+        let against_hf = (!skipped.contains_key(&LayerStage::Output)).then(|| self.against_hf(dump, logits_dumped));
         let local = stages.iter().find(|f| !f.within).map(|f| Divergence {
             site: f.site,
             against: Against::CpuOp,
@@ -331,7 +331,7 @@ impl<'m> DumpReference<'m> {
         let hf_failed = against_hf.as_ref().is_some_and(|j| !j.verdict.passed());
         let first_divergence = local.or(global).or_else(|| {
             // Out at the output only (KL or top-1), every layer within: the logits are the site.
-            hf_failed.then(|| Divergence {
+            hf_failed.then_some(Divergence {
                 site: Site::Logits,
                 against: Against::HfGolden,
                 rel_l2: f64::NAN,
@@ -386,8 +386,7 @@ pub fn table(d: &DumpCheck) -> String {
         "dump against {} ({} prompts, {} positions; stage bound: {}x HF's own floor of that layer)",
         d.model, d.prompts, d.positions, d.max_over_floor
     );
-    let _ =
-        writeln!(s, "{:<24} {:>11} {:>11}  {}", "stage (vs CPU op on the dump's own inputs)", "rel L2", "HF floor", "");
+    let _ = writeln!(s, "{:<42} {:>11} {:>11}", "stage (vs CPU op on the dump's own inputs)", "rel L2", "HF floor");
     for f in &d.stages {
         let mark = if f.within { "within" } else { "OUT" };
         let _ = writeln!(s, "{:<42} {:>11.3e} {:>11.3e}  {mark}", f.site.to_string(), f.rel_l2, f.floor);

@@ -43,7 +43,7 @@ use crate::{ModelError, Qwen3Config};
 
 pub use check::{DumpCheck, DumpReference, Site};
 pub use faults::EngineFault;
-pub use record::{StepMode, record};
+pub use record::{Recording, StepMode, record};
 
 /// The token ids' tensor name.
 pub const INPUT_IDS: &str = "input_ids";

@@ -48,18 +48,26 @@ impl Tap for Recorder<'_> {
     }
 }
 
-/// The dump of `entry`'s pass over `prompts` (token ids) on `backend`, stepping by `mode`, with
-/// `fault` planted (none: an honest engine); `logits`: whether to record them ([T, V] per prompt).
+/// How to record a dump.
+#[derive(Clone, Copy, Debug)]
+pub struct Recording<'a> {
+    pub mode: StepMode,
+    /// Planted before the recorder (none: an honest engine).
+    pub fault: Option<&'a EngineFault>,
+    /// Record the logits ([T, V] per prompt).
+    pub logits: bool,
+}
+
+/// The dump of `entry`'s pass over `prompts` (token ids) on `backend`, as `how` says.
 pub fn record(
     tables: &ModelTables,
     weights: &Qwen3Weights,
     backend: &dyn Backend,
     entry: &'static Entry,
     prompts: &[Vec<u32>],
-    mode: StepMode,
-    fault: Option<&EngineFault>,
-    logits: bool,
+    how: Recording,
 ) -> Result<Dump, PassError> {
+    let Recording { mode, fault, logits } = how;
     let mut pass = Forward::new(tables, weights, backend, entry)?;
     let which = if logits { Logits::Every } else { Logits::None };
     let mut out = Vec::with_capacity(prompts.len());
