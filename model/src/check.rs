@@ -328,11 +328,11 @@ pub struct Judged {
 
 /// `value <= bound`, false for NaN: an unwritten element poisons everything after it, and a NaN
 /// figure must fail a bound, not slip past every comparison.
-fn at_most(value: f64, bound: f64) -> bool {
+pub(crate) fn at_most(value: f64, bound: f64) -> bool {
     value <= bound
 }
 
-fn prompt_ids(golden: &ModelGolden) -> Vec<Vec<u32>> {
+pub(crate) fn prompt_ids(golden: &ModelGolden) -> Vec<Vec<u32>> {
     golden.manifest.prompts.iter().map(|p| p.ids.clone()).collect()
 }
 

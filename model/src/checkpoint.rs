@@ -37,12 +37,12 @@ pub struct Checkpoint {
 }
 
 /// The opened weights files and where each tensor lives.
-struct Sources {
-    files: Vec<Mapped>,
+pub(crate) struct Sources {
+    pub files: Vec<Mapped>,
     /// Tensor name -> index into `files`: the file's own names, or the index's weight_map.
-    location: HashMap<String, usize>,
+    pub location: HashMap<String, usize>,
     /// Every tensor name found in a weights file or in the weight_map.
-    present: BTreeSet<String>,
+    pub present: BTreeSet<String>,
     /// The index file, when sharded (named in missing-tensor errors).
     index: Option<PathBuf>,
 }
@@ -119,7 +119,7 @@ pub fn weights_sha256(weights: &Qwen3Weights) -> String {
 
 /// model.safetensors, or else the shards a model.safetensors.index.json names; records each
 /// file's sha256 in `files`.
-fn open_sources(dir: &Path, files: &mut Vec<(PathBuf, String)>) -> Result<Sources, ModelError> {
+pub(crate) fn open_sources(dir: &Path, files: &mut Vec<(PathBuf, String)>) -> Result<Sources, ModelError> {
     let (single, index_path) = (dir.join(WEIGHTS_FILE), dir.join(INDEX_FILE));
     if single.exists() {
         let mapped = Mapped::open(&single)?;

@@ -1,8 +1,10 @@
 //! The model gate: a fused kernel that passes the layer-level contracts must also leave a whole
 //! Qwen3 forward pass (judged against HF transformers, beside HF's own noise floor) as it was.
 //! [`forward`] is that pass at HF's rounding points with a registry entry in every layer;
-//! [`golden`], [`metrics`], [`check`], [`boundaries`], [`controls`] and [`gate`] judge it; [`results`] and
-//! [`report`] record it. Beneath them, what the pass runs on: the config (parsed from config.json, never defaulted),
+//! [`golden`], [`metrics`], [`check`], [`boundaries`], [`controls`] and [`gate`] judge it;
+//! [`results`] and [`report`] record it; [`audit`] reads a checkpoint for what can break an
+//! engine, and [`dump`] finds the first layer and stage where another engine's activations leave
+//! HF's. Beneath them, what the pass runs on: the config (parsed from config.json, never defaulted),
 //! the weights in HF's layout and names, read from or written to a checkpoint directory with every
 //! tensor checked against the config, seeded synthetic weights (no Qwen3 weights ship in any
 //! package registry), and the exact Qwen3 tokenizer, committed and pinned by sha256. Every bad
@@ -17,11 +19,13 @@
 //! # Ok::<(), fusegate_model::ModelError>(())
 //! ```
 
+pub mod audit;
 pub mod boundaries;
 pub mod check;
 mod checkpoint;
 mod config;
 pub mod controls;
+pub mod dump;
 mod error;
 pub mod forward;
 pub mod gate;

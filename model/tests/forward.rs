@@ -8,7 +8,7 @@ mod common;
 use fusegate_kernels::cpu::Cpu;
 use fusegate_kernels::{EntryId, registry};
 use fusegate_model::forward::tap::Untouched;
-use fusegate_model::forward::{Forward, Logits, ModelTables};
+use fusegate_model::forward::{Forward, ForwardPass, Logits, ModelTables};
 use fusegate_model::{SynthStyle, synthesize};
 
 #[test]

@@ -1,5 +1,6 @@
 //! `cargo xtask`: thin commands over fusegate's libraries (the matklad cargo-xtask pattern).
 
+mod audit;
 mod bench;
 mod bench_model;
 mod bundle;
@@ -33,6 +34,7 @@ enum Command {
     Kernels(kernels::Args),
     ModelCheck(model_check::Args),
     SynthModel(synth_model::Args),
+    Audit(audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Kernels(a) => kernels::run(a),
         Command::ModelCheck(a) => model_check::run(a),
         Command::SynthModel(a) => synth_model::run(a),
+        Command::Audit(a) => audit::run(a),
     };
     match result {
         Ok(code) => code,

@@ -39,8 +39,14 @@ pub struct Args {
     no_controls: bool,
     /// Results file. Default: results/model-<backend>.json (a run narrowed by any option above:
     /// model-<backend>-partial.json), with the same name's .md and one SVG per model beside it.
+    /// With --dumps: the dump check (fusegate-dump-check-v1), written only when given.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Instead of judging entries: compare another engine's per-stage dump (p{i}.safetensors, one
+    /// per golden prompt; format in model/src/dump/mod.rs) with HF's, and name the first layer and
+    /// stage that leaves HF's floor. Needs one model golden (--golden DIR).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["variants", "no_controls"])]
+    dumps: Option<PathBuf>,
 }
 
 fn parse_choice(s: &str) -> Result<Choice, String> {
@@ -80,6 +86,9 @@ impl Progress {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &a.dumps {
+        return run_dumps(&a, dir);
+    }
     let partial: Vec<&str> = [
         (!a.golden.is_empty(), "--golden"),
         (a.synthetic.is_some(), "--synthetic"),
@@ -140,4 +149,35 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!("results: {} ({:.1} s)", json.display(), run.seconds);
     Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `--dumps DIR`: the dump against one model golden; exit 1 where it leaves HF's floor.
+fn run_dumps(a: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(dir.is_dir(), "{}: cannot read: no such dump directory", dir.display());
+    let mut goldens = a.golden.clone();
+    if goldens.is_empty() {
+        goldens = gate::committed_goldens(&gate::default_golden_root());
+        if let Some(layers) = a.synthetic {
+            goldens.retain(|d| fusegate_model::golden::ModelGolden::layers_of(d) == Some(layers));
+        }
+    }
+    let [golden] = goldens.as_slice() else {
+        anyhow::bail!("--dumps compares with one model golden, {} selected: pass --golden DIR", goldens.len());
+    };
+    anyhow::ensure!(
+        golden.join(fusegate_model::golden::MANIFEST).is_file(),
+        "{}: no model golden (manifest.json) here",
+        golden.display()
+    );
+    let model = fusegate_model::check::Model::load(golden, a.model.as_deref())?;
+    let prompts: Vec<Vec<u32>> = model.golden.manifest.prompts.iter().map(|p| p.ids.clone()).collect();
+    let dump = fusegate_model::dump::Dump::load(dir, &model.weights.config, &prompts)?;
+    let check = fusegate_model::dump::DumpReference::new(&model).check(&dump);
+    print!("{}", fusegate_model::dump::check::table(&check));
+    if let Some(json) = &a.json {
+        let bytes = serde_json::to_vec_pretty(&check).context("serialising the dump check")?;
+        write_atomically(json, &bytes).with_context(|| format!("writing {}", json.display()))?;
+        println!("results: {}", json.display());
+    }
+    Ok(if check.clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

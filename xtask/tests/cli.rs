@@ -87,3 +87,49 @@ fn a_partial_model_check_writes_beside_the_whole_checks_results() {
     assert!(partial.models[0].entries[0].judged.verdict.passed(), "standard is within HF's floor");
     assert!(String::from_utf8_lossy(&out.stdout).contains("a partial run (--golden, --variant, --no-controls)"));
 }
+
+/// `audit` and `model-check --dumps` on a directory that does not exist: one line naming it, exit 2.
+#[test]
+fn audit_and_dumps_of_a_missing_directory_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-checkpoint");
+    let m = missing.to_str().unwrap();
+    for args in [&["audit", m][..], &["model-check", "--dumps", m, "--golden", m]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("run xtask");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "xtask {args:?} should say one line: {stderr}");
+        assert!(stderr.starts_with("error:") && stderr.contains(m), "{stderr}");
+    }
+}
+
+/// `audit` of a small synthetic checkpoint: exit 0, the table, and JSON that reads back.
+#[test]
+fn audit_of_a_synthetic_checkpoint_prints_the_table_and_writes_json() {
+    use fusegate_model::{Checkpoint, Qwen3Config, SynthStyle, synthesize};
+    let config = Qwen3Config {
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        vocab_size: 512,
+        ..Qwen3Config::qwen3_06b(2)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    Checkpoint::write(&ckpt, &synthesize(&config, 1, SynthStyle::Stable)).unwrap();
+    let json = dir.path().join("audit.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["audit", ckpt.to_str().unwrap(), "--json", json.to_str().unwrap()])
+        .output()
+        .expect("run xtask");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("0 defect(s)") && stdout.contains("k_norm outliers in layer 0 (max 96.5 at ch 17)"),
+        "{stdout}"
+    );
+    let back = fusegate_model::audit::Audit::load(&json).unwrap();
+    assert!(back.defects.is_empty() && back.norms.len() == 2 * 4 + 1);
+}

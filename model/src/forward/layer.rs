@@ -5,7 +5,7 @@
 use super::attention::{self, Heads, KvCache};
 use super::ops::{Linear, add, rmsnorm, silu_mul};
 use super::rope::Rope;
-use super::tap::Tap;
+use super::tap::{LayerStage, Tap};
 use crate::Qwen3Config;
 use crate::weights::LayerWeights;
 use fusegate_kernels::{Backend, BackendError, Entry, Layer, PreparedOp, Stage, StageData};
@@ -34,6 +34,17 @@ impl LayerTables {
             up: Linear::new(&w.up_proj, i, h),
             down: Linear::new(&w.down_proj, h, i),
         }
+    }
+}
+
+impl LayerTables {
+    /// The rest of the layer after attention: `h + o_proj(attn)`, then the post-attention norm,
+    /// the MLP and its residual add.
+    pub fn finish(&self, h: &[bf16], attn: &[bf16], eps: f32) -> Vec<bf16> {
+        let h1 = add(h, &self.o_proj.forward(attn));
+        let n2 = rmsnorm(&h1, &self.post_norm, eps);
+        let mlp = self.down.forward(&silu_mul(&self.gate.forward(&n2), &self.up.forward(&n2)));
+        add(&h1, &mlp)
     }
 }
 
@@ -77,24 +88,34 @@ impl<'a> DecoderLayer<'a> {
         tap: &mut dyn Tap,
     ) -> Result<Vec<bf16>, BackendError> {
         let (hd, t) = (self.heads, h.len() / self.tables.post_norm.len());
+        let (l, p) = (self.index, first_pos);
         let mut observed = self.op.run(h)?;
-        tap.qkv(self.index, &mut observed);
+        tap.qkv(l, &mut observed);
+        if let Some(StageData::Bf16(b)) = observed.get_mut(&Stage::B) {
+            tap.stage(l, LayerStage::InputNorm, p, b);
+        }
         let mut take = |s: Stage| match observed.remove(&s) {
             Some(StageData::Bf16(v)) => Ok(v),
-            _ => Err(BackendError::Device(format!("layer {}: the op produced no {s}", self.index))),
+            _ => Err(BackendError::Device(format!("layer {l}: the op produced no {s}"))),
         };
-        let (q, k, v) = (take(Stage::Q)?, take(Stage::K)?, take(Stage::V)?);
+        let (q, k, mut v) = (take(Stage::Q)?, take(Stage::K)?, take(Stage::V)?);
         let mut q = rmsnorm(&q, &self.tables.q_norm, self.eps);
         let mut k = rmsnorm(&k, &self.tables.k_norm, self.eps);
+        tap.stage(l, LayerStage::Q, p, &mut q);
+        tap.stage(l, LayerStage::K, p, &mut k);
+        tap.stage(l, LayerStage::V, p, &mut v);
         for tok in 0..t {
-            rope.apply(&mut q[tok * hd.nq * hd.d..][..hd.nq * hd.d], first_pos + tok);
-            rope.apply(&mut k[tok * hd.nkv * hd.d..][..hd.nkv * hd.d], first_pos + tok);
+            rope.apply(&mut q[tok * hd.nq * hd.d..][..hd.nq * hd.d], p + tok);
+            rope.apply(&mut k[tok * hd.nkv * hd.d..][..hd.nkv * hd.d], p + tok);
         }
+        tap.stage(l, LayerStage::QRope, p, &mut q);
+        tap.stage(l, LayerStage::KRope, p, &mut k);
+        tap.cache_write(l, p, &mut k, &mut v);
         self.cache.append(&k, &v);
-        let attn = attention::attend(&q, first_pos, &self.cache, hd);
-        let h1 = add(h, &self.tables.o_proj.forward(&attn));
-        let n2 = rmsnorm(&h1, &self.tables.post_norm, self.eps);
-        let mlp = self.tables.down.forward(&silu_mul(&self.tables.gate.forward(&n2), &self.tables.up.forward(&n2)));
-        Ok(add(&h1, &mlp))
+        let mut attn = attention::attend(&q, p, &self.cache, hd);
+        tap.stage(l, LayerStage::Attention, p, &mut attn);
+        let mut out = self.tables.finish(h, &attn, self.eps);
+        tap.stage(l, LayerStage::Output, p, &mut out);
+        Ok(out)
     }
 }

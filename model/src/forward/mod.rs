@@ -34,11 +34,11 @@ pub enum PassError {
 /// The model's weights prepared for the reference ops once, shared by every entry's pass.
 pub struct ModelTables {
     pub config: Qwen3Config,
-    embed: Vec<bf16>,
-    layers: Vec<LayerTables>,
-    norm: Vec<bf16>,
-    lm_head: Linear,
-    rope: Rope,
+    pub(crate) embed: Vec<bf16>,
+    pub(crate) layers: Vec<LayerTables>,
+    pub(crate) norm: Vec<bf16>,
+    pub(crate) lm_head: Linear,
+    pub(crate) rope: Rope,
 }
 
 impl ModelTables {

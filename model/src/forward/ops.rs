@@ -48,6 +48,21 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The outputs `ids` of `x`'s rows ([T, in] -> [T, ids.len()]), each as [`Linear::forward`]
+    /// computes it (the same dot, the same rounding): a few logits without the whole vocabulary.
+    pub fn rows(&self, x: &[bf16], ids: &[u32]) -> Vec<bf16> {
+        x.chunks_exact(self.inp)
+            .flat_map(|row| {
+                let xf: Vec<f32> = row.iter().map(|v| v.to_f32()).collect();
+                ids.iter()
+                    .map(move |&i| bf16::from_f32(dot(&xf, &self.w[i as usize * self.inp..][..self.inp])))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
 /// bf16(a + b) element-wise: the residual add of two bf16 tensors.
 pub fn add(a: &[bf16], b: &[bf16]) -> Vec<bf16> {
     a.iter().zip(b).map(|(x, y)| bf16::from_f32(x.to_f32() + y.to_f32())).collect()
