@@ -81,6 +81,13 @@ pub struct E2eRun {
     pub seconds: f64,
 }
 
+impl E2eRun {
+    pub fn load(path: &std::path::Path) -> std::result::Result<E2eRun, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not an end-to-end results file: {e}", path.display()))
+    }
+}
+
 pub struct Options {
     pub layers: usize,
     pub seed: u64,
@@ -251,9 +258,103 @@ pub fn markdown(run: &E2eRun) -> String {
     s
 }
 
+/// report.md's section: per phase, the standard path's step and the variant that saves the most.
+pub fn summary(run: &E2eRun, source: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "## End to end: a whole {}-layer step (`{source}`)\n\nEach step is one CUDA graph of the model gate's device pass; \
+         the share saved is against the standard path timed the same way, in the same run.\n\n",
+        run.layers
+    );
+    let _ = writeln!(s, "| phase | standard us | best variant | its us | saved per step |\n|---|---|---|---|---|");
+    let mut phases: Vec<Phase> = run.rows.iter().map(|r| r.phase).collect();
+    phases.sort_by_key(|&p| phase_key(p));
+    phases.dedup();
+    let baseline = registry::baseline().id;
+    for p in phases {
+        let rows = run.rows.iter().filter(|r| r.phase == p);
+        let base = rows.clone().find(|r| r.entry == baseline && r.launch == Launch::Serial);
+        let best = rows.filter(|r| r.entry != baseline).min_by(|a, b| a.time_us.median.total_cmp(&b.time_us.median));
+        if let (Some(b), Some(v)) = (base, best) {
+            let saved = b.time_us.median - v.time_us.median;
+            let _ = writeln!(
+                s,
+                "| {p} | {:.1} | {} ({}) | {:.1} | {saved:.1} us ({:+.1}%) |",
+                b.time_us.median,
+                v.entry,
+                v.launch,
+                v.time_us.median,
+                100.0 * saved / b.time_us.median
+            );
+        }
+    }
+    s
+}
+
 fn phase_key(p: Phase) -> (u8, usize) {
     match p {
         Phase::Decode { cache } => (0, cache),
         Phase::Prefill { tokens } => (1, tokens),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(entry: EntryId, launch: Launch, phase: Phase, us: f64) -> E2eRow {
+        let time_us = Estimate { median: us, ci_lo: us - 1.0, ci_hi: us + 1.0, samples: 200 };
+        E2eRow { entry, launch, phase, time_us, saved_vs_standard_pct: None }
+    }
+
+    fn run(rows: Vec<E2eRow>) -> E2eRun {
+        E2eRun {
+            schema: SchemaTag::default(),
+            environment: Environment::capture(Some("test GPU".into())),
+            layers: 28,
+            seed: 7,
+            weight_bytes: 1.19e9,
+            floor_us: 250.0,
+            rows,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn savings_are_against_standard_serial_at_the_same_phase_and_the_summary_names_the_best() {
+        let (d64, d512, pre) =
+            (Phase::Decode { cache: 64 }, Phase::Decode { cache: 512 }, Phase::Prefill { tokens: 512 });
+        let mut rows = vec![
+            row(EntryId::Standard, Launch::Serial, d64, 1600.0),
+            row(EntryId::Exact, Launch::Serial, d64, 1520.0),
+            row(EntryId::Exact, Launch::Chained, d64, 1500.0),
+            row(EntryId::Standard, Launch::Serial, d512, 2000.0),
+            row(EntryId::Exact, Launch::Serial, d512, 1950.0),
+            row(EntryId::Standard, Launch::Serial, pre, 10000.0),
+            row(EntryId::Mixed, Launch::Serial, pre, 11000.0),
+        ];
+        fill_savings(&mut rows);
+        let pct: Vec<f64> = rows.iter().map(|r| r.saved_vs_standard_pct.unwrap()).collect();
+        assert_eq!(pct, [0.0, 5.0, 6.25, 0.0, 2.5, 0.0, -10.0]);
+        let run = run(rows);
+        let s = summary(&run, "e2e.json");
+        assert!(s.contains("| decode, KV cache 64 | 1600.0 | exact (chained) | 1500.0 | 100.0 us (+6.2%) |"), "{s}");
+        assert!(s.contains("| prefill T = 512 | 10000.0 | mixed (serial) | 11000.0 | -1000.0 us (-10.0%) |"), "{s}");
+        let md = markdown(&run);
+        let decode_first = md.find("decode, KV cache 512").unwrap() < md.find("prefill T = 512").unwrap();
+        assert!(decode_first && md.contains("| 6.40 |"), "x floor = 1600 / 250: {md}");
+        // The schema reads back what it wrote.
+        let back: E2eRun = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+        assert_eq!(back.rows.len(), 7);
+        assert_eq!(back.rows[2].phase, d64);
+    }
+
+    #[test]
+    fn a_step_reads_every_weight_once() {
+        // Qwen3-0.6B, 28 layers: 440M parameters in the layers plus the 156M embedding as lm_head.
+        let bytes = weight_bytes(&Qwen3Config::qwen3_06b(28));
+        let per_layer = (16 * 128 + 2 * 8 * 128) * 1024 + 1024 * 16 * 128 + 3 * 3072 * 1024 + 2 * 1024 + 2 * 128;
+        assert_eq!(bytes, 2.0 * (28 * per_layer + 151936 * 1024 + 1024) as f64);
+        assert!((1.15e9..1.25e9).contains(&bytes), "{bytes}");
     }
 }

@@ -25,4 +25,11 @@ pub(crate) mod testdata {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites/tests/fixtures/bench-nvidia-h200.json");
         BenchRun::load(&path).unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// The committed H200 model check (28-layer models) as the decision's model evidence.
+    pub fn fixture_model() -> crate::select::ModelEvidence {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites/tests/fixtures/model-cuda-nvidia-h200.json");
+        let run = fusegate_model::results::ModelCheckRun::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        crate::select::ModelEvidence::from_run(&run, "model-cuda-nvidia-h200.json".into())
+    }
 }

@@ -178,7 +178,7 @@ fn verdict(ok: bool) -> &'static str {
 mod tests {
     use super::*;
     use crate::select::{Gates, Mix, decide};
-    use crate::testdata::fixture_bench;
+    use crate::testdata::{fixture_bench, fixture_model};
     use std::collections::BTreeMap;
 
     /// The fixture's gates as its conformance run found them: mixed's contract failed.
@@ -188,6 +188,7 @@ mod tests {
             deterministic: true,
             batch_invariant,
             chains_safely: None,
+            model: Some(true),
             reason: (!contract).then(|| "contract failed on qwen3-typical-t128: occupancy".into()),
         };
         BTreeMap::from([
@@ -201,7 +202,7 @@ mod tests {
     #[test]
     fn markdown_names_the_gpu_tables_targets_and_the_dispatch() {
         let run = fixture_bench();
-        let d = decide(&run, gates(), Mix::default(), ("b".into(), "c".into()), Launch::Serial);
+        let d = decide(&run, gates(), &fixture_model(), Mix::default(), ("b".into(), "c".into()), Launch::Serial);
         let md = markdown(&run, Some(&d), "latency.svg");
         assert!(md.starts_with("# fusegate benchmark: NVIDIA H200\n\n132 SMs, L2 60 MiB, driver 580.159.04,"), "{md}");
         assert!(md.contains("![latency vs T](latency.svg)"));

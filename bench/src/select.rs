@@ -227,6 +227,8 @@ mod tests {
         };
         let mut g = Gates::unseen();
         g.record_invariance(Some(&report(Vec::new())));
+        assert!(!g.open(), "no model evidence yet: unseen is not passed");
+        g.model = Some(true);
         assert!(g.open() && !g.batch_invariant && g.chains_safely.is_none() && g.reason.is_none());
         let raced = vec![ChainedRun { t: 1, saw_late_x: true }, ChainedRun { t: 5, saw_late_x: false }];
         g.record_invariance(Some(&report(raced)));

@@ -94,3 +94,28 @@ impl Contract {
         self.stages.iter().find(|b| b.stage == stage)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_top1_allowance_is_the_larger_of_the_points_and_the_poisson_sigmas() {
+        let c = ModelContract {
+            max_drift_over_floor: 1.5,
+            max_kl_over_floor: 1.5,
+            max_top1_drop_pct: 2.0,
+            top1_sigmas: 3.0,
+        };
+        // 28-layer stable model: the floor misses 6 of 170 positions; 3 sqrt(6) / 170 = 4.32 points.
+        let a = c.top1_allowance_pct(100.0 * 164.0 / 170.0, 170);
+        assert!((a - 300.0 * 6f64.sqrt() / 170.0).abs() < 1e-9, "{a}");
+        // The sub-floor control there landed at 160 of 170 (94.1%): within; the skip-weight mutant at 8 (4.7%): not.
+        let floor = 100.0 * 164.0 / 170.0;
+        assert!(100.0 * 160.0 / 170.0 >= floor - a && 100.0 * 8.0 / 170.0 < floor - a);
+        // A floor that misses nothing: one miss is assumed (3 / 170 = 1.76 points), so 2 points rule.
+        assert_eq!(c.top1_allowance_pct(100.0, 170), 2.0);
+        // Many positions: the sigmas shrink and the points rule.
+        assert_eq!(c.top1_allowance_pct(99.0, 100_000), 2.0);
+    }
+}

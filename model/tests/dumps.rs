@@ -25,7 +25,7 @@ fn an_honest_dump_is_clean_and_every_planted_fault_is_located() {
     assert!(reference.floor.layers.iter().chain([&reference.floor.logits]).all(|f| f.is_finite() && *f > 0.0));
     let ids = prompts(&model);
     let rec = |mode, fault: Option<&EngineFault>, logits| {
-        record(&model.tables, &model.weights, &Cpu, registry::baseline(), &ids, Recording { mode, fault, logits })
+        record(model.tables(), &model.weights, &Cpu, registry::baseline(), &ids, Recording { mode, fault, logits })
             .unwrap()
     };
 
@@ -142,7 +142,7 @@ fn write_example_dumps() {
     let fault = EngineFault::UnrotatedK { layer: 2 };
     for (name, fault, logits) in [("honest", None, true), ("unrotated-k", Some(&fault), false)] {
         let dump = record(
-            &model.tables,
+            model.tables(),
             &model.weights,
             &Cpu,
             registry::baseline(),

@@ -131,7 +131,13 @@ pub fn write_report(run: &BenchRun, decision: Option<&select::Decision>, results
     let dir = results.join(run.fingerprint.gpu_slug());
     let svg = report::plot_svg(run).map_err(|e| anyhow::anyhow!("plotting: {e}"))?;
     write_atomically(&dir.join("latency.svg"), svg.as_bytes()).context("writing latency.svg")?;
-    let md = report::markdown(run, decision, "latency.svg");
+    let mut md = report::markdown(run, decision, "latency.svg");
+    let e2e_path = dir.join("e2e-cuda.json");
+    if e2e_path.is_file() {
+        let e2e = fusegate_bench::e2e::E2eRun::load(&e2e_path).map_err(anyhow::Error::msg)?;
+        md.push('\n');
+        md.push_str(&fusegate_bench::e2e::summary(&e2e, "e2e-cuda.json"));
+    }
     write_atomically(&dir.join("report.md"), md.as_bytes()).context("writing report.md")?;
     println!("report: {}", dir.join("report.md").display());
     Ok(())

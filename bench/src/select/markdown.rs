@@ -22,8 +22,8 @@ impl Decision {
         let _ = writeln!(s, "# Production decision: fused RMSNorm + QKV on {}\n", self.gpu);
         let _ = writeln!(
             s,
-            "From `{}` and `{}`; timings are cold-L2 medians (us per call).\n",
-            self.bench, self.conformance
+            "From `{}`, `{}` and `{}`; timings are cold-L2 medians (us per call).\n",
+            self.bench, self.conformance, self.model.source
         );
         let regime = match self.launch {
             Launch::Serial => "Launch regime: **serial** (each call starts after the previous one has finished).",
