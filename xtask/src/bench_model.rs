@@ -5,6 +5,7 @@
 use anyhow::Context;
 use fusegate_bench::e2e::{self, Options};
 use fusegate_bench::gpu::measure_ceilings;
+use fusegate_bench::schema::slug;
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::EntryId;
 use fusegate_kernels::cuda::Cuda;
@@ -33,7 +34,7 @@ pub struct Args {
     variants: Vec<EntryId>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Results file (default: results/e2e-cuda.json; its .md beside it).
+    /// Results file (default: results/<gpu>/e2e-cuda.json, where report.md quotes it; its .md beside it).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 }
@@ -41,8 +42,8 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.layers > 0, "--layers must be at least 1");
     anyhow::ensure!(a.samples >= 5, "--samples must be at least 5");
-    let json = a.json.unwrap_or_else(|| results_dir().join("e2e-cuda.json"));
     let cuda = Cuda::probe().map_err(|r| anyhow::anyhow!("bench-model needs a GPU: {r}"))?;
+    let json = a.json.unwrap_or_else(|| results_dir().join(slug(cuda.device_name())).join("e2e-cuda.json"));
     let ceilings = measure_ceilings(&cuda).context("measuring the copy bandwidth")?;
     let entries =
         if a.variants.is_empty() { e2e::default_entries() } else { a.variants.iter().map(|v| v.entry()).collect() };

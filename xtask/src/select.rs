@@ -59,7 +59,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let model_path = dir.join(MODEL_CHECK);
     if !model_path.is_file() {
-        bail!("no {} (run `cargo xtask model-check --backend cuda` on this GPU)", model_path.display());
+        bail!(
+            "no {} (run `cargo xtask model-check --backend cuda --json {}` on this GPU)",
+            model_path.display(),
+            model_path.display()
+        );
     }
     let model_run = ModelCheckRun::load(&model_path).map_err(anyhow::Error::msg)?;
     let judged_on = model_run.environment.device.clone().unwrap_or_default();

@@ -4,10 +4,10 @@
 //! device. The residual stream lives in the entry's own input buffers: each layer's last add
 //! writes the next layer's x in place, so a step is only launches (a graph can hold it).
 //!
-//! Checked like op conformance: the entry's q, k, v and every intermediate start as NaN each step
-//! (an element a kernel leaves unwritten reaches the layer outputs as NaN, which fails every
-//! bound), the cache rows of a new sequence too, and every step ends with a synchronisation that
-//! surfaces any asynchronous launch error.
+//! Checked like op conformance: the entry's q, k, v start as NaN at every step, every intermediate
+//! buffer when it is allocated, the KV cache at every new sequence (an element a kernel leaves
+//! unwritten reaches the layer outputs as NaN, which fails every bound); every launch's error is
+//! returned, and every step ends with a synchronisation that surfaces any asynchronous one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,11 +81,6 @@ impl DeviceTables {
             sin: up(&sin, "RoPE sin table")?,
             positions,
         })
-    }
-
-    /// Positions a sequence may reach.
-    pub fn positions(&self) -> usize {
-        self.positions
     }
 }
 
@@ -323,25 +318,10 @@ impl<'a> DeviceForward<'a> {
         self.cuda.download_view(step.logits.all(), self.tables.config.vocab_size, "logits")
     }
 
-    /// Positions the cache holds.
-    pub fn position(&self) -> usize {
-        self.next_pos
-    }
-
-    /// Moves the write position back to `pos` (a benchmark replays one step at one position).
-    pub fn rewind(&mut self, pos: usize) {
-        self.next_pos = pos.min(self.next_pos);
-    }
-
     /// Readies a step of `tokens` without running it: ids written, buffers allocated (what a
     /// graph capture of [`DeviceForward::enqueue`] needs first).
     pub fn ready(&mut self, tokens: &[u32]) -> Result<(), PassError> {
         self.load_tokens(tokens)
-    }
-
-    /// Advances the position after a step run outside [`ForwardPass::step`] (a graph replay).
-    pub fn advance(&mut self, t: usize) {
-        self.next_pos += t;
     }
 }
 
