@@ -18,17 +18,26 @@ pub struct Args {
 }
 
 const RUN_SH: &str = r#"#!/usr/bin/env bash
-# fusegate on a GPU machine without cargo. Usage: ./run.sh [all|conform|bench|select] [args...]
-# all (default): conform --backend cuda, bench, select; exits non-zero if any step failed.
+# fusegate on a GPU machine without cargo. Usage: ./run.sh [all|conform|bench|model|select] [args...]
+# all (default): conform --backend cuda, bench, model, select; exits non-zero if any step failed.
+# model: the 28-layer HF goldens regenerated here (python3 with torch and transformers), then
+# model-check --backend cuda on them (results/<gpu>/model-cuda.json, which select's model gate reads).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export FUSEGATE_GOLDEN_DIR="$here/golden" FUSEGATE_SCRIPTS="$here/scripts"
 export FUSEGATE_RESULTS_DIR="${FUSEGATE_RESULTS_DIR:-$here/results}" FUSEGATE_GIT_COMMIT="@COMMIT@"
+model() {
+  local g28="${TMPDIR:-/tmp}/fusegate-model-l28"
+  [ -d "$g28/stable-l28" ] && [ -d "$g28/stress-l28" ] || "$here/capture/model_l28.sh" "$g28" "$here/fusegate" || return 1
+  FUSEGATE_MODEL_GOLDEN_DIR="$g28" "$here/fusegate" model-check --backend cuda
+}
 cmd="${1:-all}"; [ $# -gt 0 ] && shift
+if [ "$cmd" = model ]; then model; exit $?; fi
 if [ "$cmd" != all ]; then exec "$here/fusegate" "$cmd" "$@"; fi
 status=0
 "$here/fusegate" conform --backend cuda || status=1
 "$here/fusegate" bench "$@" || status=1
+model || status=1
 "$here/fusegate" select || status=1
 exit $status
 "#;
@@ -66,6 +75,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     std::fs::copy(root.join("target/release/xtask"), out.join("fusegate")).context("copying the binary")?;
     copy_dir(&root.join("bench/scripts"), &out.join("scripts"))?;
     copy_dir(&root.join("golden/capture"), &out.join("capture"))?;
+    // The prompts, where capture/model_l28.sh looks for them (../model/prompts.json).
+    std::fs::create_dir_all(out.join("model")).context("creating the bundle's model folder")?;
+    std::fs::copy(root.join("golden/model/prompts.json"), out.join("model/prompts.json"))
+        .context("copying golden/model/prompts.json")?;
     if a.link_goldens {
         std::os::unix::fs::symlink("../golden/data", out.join("golden")).context("linking the goldens")?;
     } else {

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::conform::results_dir;
+use fusegate_bench::schema::slug;
 
 /// Judge registry entries inside a Qwen3 forward pass against HF's goldens and noise floor.
 #[derive(clap::Args)]
@@ -37,8 +38,9 @@ pub struct Args {
     /// Skip the controls and the resolution sweep.
     #[arg(long)]
     no_controls: bool,
-    /// Results file. Default: results/model-<backend>.json (a run narrowed by any option above:
-    /// model-<backend>-partial.json), with the same name's .md and one SVG per model beside it.
+    /// Results file. Default: results/model-<backend>.json, on a GPU results/<gpu>/model-cuda.json
+    /// (a run narrowed by any option above: model-<backend>-partial.json), with the same name's .md
+    /// and one SVG per model beside it.
     /// With --dumps: the dump check (fusegate-dump-check-v1), written only when given.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -128,7 +130,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     // results file a decision reads; a partial one goes beside it.
     let whole = partial.is_empty();
     let default = if whole { format!("model-{}", run.backend) } else { format!("model-{}-partial", run.backend) };
-    let json = a.json.clone().unwrap_or_else(|| results_dir().join(format!("{default}.json")));
+    // A GPU's results go under its own folder, beside its bench and conformance (select reads them there).
+    let base = backend.device().map_or_else(results_dir, |d| results_dir().join(slug(&d)));
+    let json = a.json.clone().unwrap_or_else(|| base.join(format!("{default}.json")));
     // The report and plots are named after the results file, wherever it goes.
     let stem = json.file_stem().map_or(default, |s| s.to_string_lossy().into_owned());
     let dir = json.parent().map(PathBuf::from).unwrap_or_default();

@@ -60,8 +60,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let model_path = dir.join(MODEL_CHECK);
     if !model_path.is_file() {
         bail!(
-            "no {} (run `cargo xtask model-check --backend cuda --json {}` on this GPU)",
-            model_path.display(),
+            "no {} (run `cargo xtask model-check --backend cuda` on this GPU: README, Model gate)",
             model_path.display()
         );
     }
