@@ -56,23 +56,73 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file that marks a folder as one this command made (and may therefore clear).
+const MARKER: &str = ".fusegate-bundle";
+
+/// Refuses an `--out` that exists and holds anything but an earlier bundle: nothing is deleted
+/// that this command did not create.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("--out {}: {e}", out.display()),
+        Ok(m) => m,
+    };
+    if !meta.is_dir() {
+        bail!("--out {}: exists and is not a folder; refusing to replace it", out.display());
+    }
+    let empty = std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.next().is_none();
+    if !empty && !out.join(MARKER).is_file() {
+        bail!("--out {}: a folder with other contents (not a fusegate bundle); refusing to delete it", out.display());
+    }
+    Ok(())
+}
+
+/// One line of `cargo build --message-format=json`: the artifacts it built, and where.
+#[derive(serde::Deserialize)]
+struct CargoMessage {
+    reason: String,
+    target: Option<CargoTarget>,
+    executable: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+struct CargoTarget {
+    name: String,
+}
+
+/// Builds xtask in release mode and returns its binary where cargo put it (CARGO_TARGET_DIR,
+/// a config's target-dir or target/).
+fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--package", "xtask", "--message-format=json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build --release")?;
+    if !out.status.success() {
+        bail!("cargo build --release failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<CargoMessage>(l).ok())
+        .filter(|m| m.reason == "compiler-artifact" && m.target.as_ref().is_some_and(|t| t.name == "xtask"))
+        .find_map(|m| m.executable)
+        .context("cargo build reported no xtask executable")
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?.to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "--package", "xtask"])
-        .status()
-        .context("running cargo build --release")?;
-    if !status.success() {
-        bail!("cargo build --release failed ({status})");
-    }
     let out = if a.out.is_absolute() { a.out.clone() } else { root.join(&a.out) };
+    check_out(&out)?;
+    let binary = build_release(&root)?;
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::copy(root.join("target/release/xtask"), out.join("fusegate")).context("copying the binary")?;
+    std::fs::write(out.join(MARKER), "made by cargo xtask bundle: cleared and rebuilt by the next one\n")
+        .context("marking the bundle")?;
+    std::fs::copy(&binary, out.join("fusegate")).with_context(|| format!("copying the binary {}", binary.display()))?;
     copy_dir(&root.join("bench/scripts"), &out.join("scripts"))?;
     copy_dir(&root.join("golden/capture"), &out.join("capture"))?;
     // The prompts, where capture/model_l28.sh looks for them (../model/prompts.json).
@@ -105,11 +155,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755))?;
     let size: u64 = walk_size(&out);
+    let run_there = if a.out.is_absolute() { run_sh.clone() } else { Path::new(".").join(&a.out).join("run.sh") };
     println!(
-        "bundle: {} ({:.1} MiB); on the GPU machine: ./{}/run.sh",
+        "bundle: {} ({:.1} MiB); on the GPU machine: {}",
         out.display(),
         size as f64 / 1048576.0,
-        a.out.display()
+        run_there.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -133,3 +133,24 @@ fn audit_of_a_synthetic_checkpoint_prints_the_table_and_writes_json() {
     let back = fusegate_model::audit::Audit::load(&json).unwrap();
     assert!(back.defects.is_empty() && back.norms.len() == 2 * 4 + 1);
 }
+
+/// `bundle --out` never deletes a folder it did not make: a non-empty foreign folder (or a file) is
+/// refused before anything is built, and its contents stay.
+#[test]
+fn bundle_refuses_to_clear_a_folder_it_did_not_make() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let keep = dir.path().join("notes.txt");
+    std::fs::write(&keep, "a user's file").unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    for out in [dir.path(), file.as_path()] {
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_xtask")).args(["bundle", "--out"]).arg(out).output().expect("run xtask");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("refusing") && stderr.contains(&out.display().to_string()), "{stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "a user's file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
+}
