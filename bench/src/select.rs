@@ -8,10 +8,12 @@
 //! Variants are registry [`EntryId`]s; gates, candidates and memory are listed by variant name.
 
 mod decide;
+mod evidence;
 mod markdown;
 mod model_gate;
 
 pub use decide::decide;
+pub use evidence::check_complete;
 pub use model_gate::{ModelEvidence, ModelLine};
 
 use crate::schema::{Cache, Launch};
@@ -65,13 +67,16 @@ pub struct Gates {
     /// Within its model contract on every model of the model check (`None`: no model evidence
     /// was applied; closed like a failure).
     pub model: Option<bool>,
+    /// Every mutant of it that the backend implements was rejected (a gate that let one through
+    /// is blind to that defect).
+    pub sighted: bool,
     /// Why a gate is closed (first failing trial), if one is.
     pub reason: Option<String>,
 }
 
 impl Gates {
     pub fn open(&self) -> bool {
-        self.contract && self.deterministic && self.model == Some(true)
+        self.contract && self.deterministic && self.sighted && self.model == Some(true)
     }
 
     /// Before any trial: the contract holds until a golden trial fails; determinism is not
@@ -83,6 +88,7 @@ impl Gates {
             batch_invariant: false,
             chains_safely: None,
             model: None,
+            sighted: true,
             reason: None,
         }
     }
@@ -112,7 +118,8 @@ impl Gates {
     }
 }
 
-/// Gates per variant from `backend`'s trials in a conformance run (mutants are skipped).
+/// Gates per variant from `backend`'s trials in a conformance run: its own trials open or close
+/// them, and a mutant of it that slipped through closes them (the gate is blind).
 pub fn gates_from_conformance(run: &ConformanceRun, backend: BackendId) -> BTreeMap<EntryId, Gates> {
     let mut gates: BTreeMap<EntryId, Gates> = BTreeMap::new();
     for t in run.trials.iter().filter(|t| t.backend == backend && t.mutant_of.is_none()) {
@@ -123,6 +130,7 @@ pub fn gates_from_conformance(run: &ConformanceRun, backend: BackendId) -> BTree
             Check::Invariance => g.record_invariance(t.invariance.as_ref()),
         }
     }
+    evidence::close_blind(&mut gates, run, backend);
     gates
 }
 
@@ -166,11 +174,21 @@ pub struct Bucket {
     pub candidates: Vec<Candidate>,
 }
 
+/// Which variant serves `t_from..=t_to` (`t_to` = `usize::MAX`: and above). The rules cover every
+/// T >= 1 without gaps: a T the bench did not time goes to the baseline, never to a fused
+/// variant whose kernel at that T was not timed (`measured` = false).
 #[derive(Clone, Debug, Serialize)]
 pub struct DispatchRule {
     pub t_from: usize,
     pub t_to: usize,
     pub variant: EntryId,
+    pub measured: bool,
+}
+
+impl DispatchRule {
+    pub fn covers(&self, t: usize) -> bool {
+        self.t_from <= t && t <= self.t_to
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -67,9 +67,17 @@ fn gates_close_on_a_failed_contract_and_the_winner_is_never_gated_out() {
             assert!(ct >= wt || tie, "{}: {} is faster than the winner {w} and did not tie", b.name, c.variant);
         }
     }
-    // The dispatch covers every measured T, in order, without gaps.
-    let ts: Vec<usize> = d.dispatch.iter().flat_map(|r| [r.t_from, r.t_to]).collect();
-    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+    // The dispatch covers every T >= 1, in order, without gaps or overlaps; what the bench did not
+    // time goes to the baseline.
+    assert_eq!(d.dispatch.first().map(|r| r.t_from), Some(1));
+    assert_eq!(d.dispatch.last().map(|r| r.t_to), Some(usize::MAX));
+    assert!(d.dispatch.windows(2).all(|w| w[0].t_to + 1 == w[1].t_from), "{:?}", d.dispatch);
+    let measured: Vec<usize> = bench().measurements.iter().map(|m| m.t).collect();
+    for r in d.dispatch.iter().filter(|r| !r.measured) {
+        assert_eq!(r.variant, EntryId::Standard, "{r:?}");
+        assert!(measured.iter().all(|&t| !r.covers(t)), "a timed T in an untimed rule: {r:?}");
+    }
+    assert!(d.dispatch.iter().any(|r| r.covers(8193) && r.variant == EntryId::Standard && !r.measured));
 }
 
 #[test]
@@ -190,12 +198,45 @@ fn only_the_backends_variant_trials_make_gates() {
     let ids: Vec<EntryId> = all.keys().copied().collect();
     assert_eq!(ids, [EntryId::Standard, EntryId::F32, EntryId::Mixed, EntryId::Exact], "mutants have no gates");
     assert!(select::gates_from_conformance(&conf, BackendId::Cpu).is_empty());
-    // A failed mutant trial (the wanted result is a rejection) closes nothing.
+    // A failed mutant trial (the mutant slipped through) leaves its variant's contract as it was,
+    // but shows the gate blind to that defect: the gate closes, saying which mutant.
     for t in conf.trials.iter_mut().filter(|t| t.mutant_of.is_some()) {
         t.outcome = fusegate_harness::Outcome::Failed("slipped through".into());
     }
     let after = select::gates_from_conformance(&conf, BackendId::Cuda);
     assert!(after.iter().all(|(id, g)| g.contract == all[id].contract));
+    assert!(all.values().all(|g| g.sighted));
+    let blind: Vec<EntryId> = after.iter().filter(|(_, g)| !g.sighted).map(|(&id, _)| id).collect();
+    assert_eq!(blind, [EntryId::Mixed, EntryId::Exact], "the variants the GPU mutants impersonate");
+    assert!(after[&EntryId::Standard].sighted, "no GPU mutant impersonates standard");
+    let exact = &after[&EntryId::Exact];
+    assert!(!exact.open() && exact.reason.as_deref().is_some_and(|r| r.starts_with("blind: mutant-")), "{exact:?}");
+}
+
+#[test]
+fn select_refuses_a_partial_conformance_run_naming_what_is_missing() {
+    let cases: Vec<String> = fusegate_golden::Manifest::load_default()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .cases
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let whole = conformance();
+    let gates = select::gates_from_conformance(&whole, BackendId::Cuda);
+    assert_eq!(select::check_complete(&whole, BackendId::Cuda, &gates, &cases), Ok(()));
+    // `conform --case qwen3-typical-t1`: every variant judged on one case.
+    let mut one_case = conformance();
+    one_case.trials.retain(|t| !matches!(&t.check, Check::Golden { case } if case != "qwen3-typical-t1"));
+    let err = select::check_complete(&one_case, BackendId::Cuda, &gates, &cases).unwrap_err();
+    assert!(
+        err.contains(&format!("1 of the {} committed golden cases", cases.len())) && err.contains("partial"),
+        "{err}"
+    );
+    // `conform --variant mixed`: the others were never judged.
+    let mut one_variant = conformance();
+    one_variant.trials.retain(|t| t.entry == EntryId::Mixed);
+    let err = select::check_complete(&one_variant, BackendId::Cuda, &gates, &cases).unwrap_err();
+    assert!(err.contains("was judged on 0 of") && !err.starts_with("mixed"), "{err}");
 }
 
 #[test]
@@ -204,7 +245,7 @@ fn decision_json_lists_gates_and_variants_by_name() {
     let gates: Vec<&String> = v["gates"].as_object().expect("gates").keys().collect();
     assert_eq!(gates, ["exact", "f32", "mixed", "standard"]);
     assert_eq!(v["gates"]["mixed"]["contract"], false);
-    assert_eq!(v["dispatch"][0], json!({ "t_from": 1, "t_to": 32, "variant": "exact" }));
+    assert_eq!(v["dispatch"][0], json!({ "t_from": 1, "t_to": 32, "variant": "exact", "measured": true }));
     assert_eq!(v["buckets"][2]["winner"], "standard");
     let memory: Vec<&Value> = v["memory"].as_array().expect("memory").iter().map(|m| &m[0]).collect();
     assert_eq!(memory, ["exact", "f32", "mixed", "standard"]);

@@ -5,6 +5,7 @@ use crate::conform::results_dir;
 use anyhow::{Context, bail};
 use fusegate_bench::schema::{Launch, slug};
 use fusegate_bench::select::{self, Mix, ModelEvidence};
+use fusegate_golden::Manifest;
 use fusegate_harness::results::{ConformanceRun, write_atomically};
 use fusegate_kernels::BackendId;
 use fusegate_model::results::ModelCheckRun;
@@ -57,6 +58,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if gates.is_empty() {
         bail!("{}: no CUDA conformance trials", conf_path.display());
     }
+    let manifest = Manifest::load_default().context("the committed golden manifest (what conformance must cover)")?;
+    let cases: Vec<String> = manifest.cases.iter().map(|c| c.name.clone()).collect();
+    select::check_complete(&conf, BackendId::Cuda, &gates, &cases)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", conf_path.display()))?;
     let model_path = dir.join(MODEL_CHECK);
     if !model_path.is_file() {
         bail!(

@@ -163,18 +163,30 @@ impl<'a> Figures<'a> {
         }
     }
 
-    /// Per measured T, the bucket rule applied at that T alone; neighbouring Ts with the same
-    /// variant share a rule.
+    /// Per measured T, the bucket rule applied at that T alone. A T between two measured ones
+    /// takes their variant where both chose the same one (the same routes were timed on both
+    /// sides); any other T the bench did not time, between or beyond, goes to the baseline. So the
+    /// rules cover every T >= 1, and neighbouring Ts with the same variant share a rule.
     fn dispatch(&self) -> Vec<DispatchRule> {
-        let mut dispatch: Vec<DispatchRule> = Vec::new();
-        for t in self.tokens(0, usize::MAX) {
-            let Some(v) = self.fastest_at(t) else { continue };
-            match dispatch.last_mut() {
-                Some(last) if last.variant == v => last.t_to = t,
-                _ => dispatch.push(DispatchRule { t_from: t, t_to: t, variant: v }),
+        let baseline = registry::baseline().id;
+        let chosen: Vec<(usize, EntryId)> =
+            self.tokens(1, usize::MAX).into_iter().filter_map(|t| self.fastest_at(t).map(|v| (t, v))).collect();
+        let mut rules: Vec<DispatchRule> = Vec::new();
+        let mut push = |t_from: usize, t_to: usize, variant: EntryId, measured: bool| match rules.last_mut() {
+            Some(last) if last.variant == variant && last.measured == measured => last.t_to = t_to,
+            _ => rules.push(DispatchRule { t_from, t_to, variant, measured }),
+        };
+        let mut next = 1;
+        for (i, &(t, v)) in chosen.iter().enumerate() {
+            if t > next {
+                let agreed = i > 0 && chosen[i - 1].1 == v;
+                push(next, t - 1, if agreed { v } else { baseline }, agreed);
             }
+            push(t, t, v, true);
+            next = t + 1;
         }
-        dispatch
+        push(next, usize::MAX, baseline, false);
+        rules
     }
 
     /// The fastest open variant at `t`; a tie goes to the more exact one.

@@ -38,7 +38,10 @@ impl Decision {
     fn write_dispatch(&self, s: &mut String) {
         let _ = writeln!(s, "## Dispatch\n\n| T | variant |\n|---|---|");
         for r in &self.dispatch {
-            let _ = writeln!(s, "| {}..={} | **{}** |", r.t_from, r.t_to, r.variant);
+            let range =
+                if r.t_to == usize::MAX { format!("{}..", r.t_from) } else { format!("{}..={}", r.t_from, r.t_to) };
+            let why = if r.measured { "" } else { " (not timed: the baseline)" };
+            let _ = writeln!(s, "| {range} | **{}**{why} |", r.variant);
         }
         if let Some(x) = self.mix_weighted_vs_standard {
             let [decode, small, prefill] = self.mix.0;
