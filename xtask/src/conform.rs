@@ -21,7 +21,8 @@ pub struct Args {
     /// auto: CUDA where a GPU is present, else the CPU emulation.
     #[arg(long, default_value = "auto", value_parser = parse_choice)]
     backend: Choice,
-    /// Results file. Default: results/conformance-<backend>.json.
+    /// Results file. Default: results/conformance-<backend>.json, on a GPU under results/<gpu>/ (a
+    /// run narrowed by --variant, --case or --golden: conformance-<backend>-partial.json).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Golden directory (holds manifest.json). Default: golden/data, or $FUSEGATE_GOLDEN_DIR.
@@ -42,8 +43,16 @@ pub fn results_dir() -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    // A run narrowed by any of these checks less than select needs: it never replaces the
+    // results file a decision reads, but goes beside it.
+    let partial: Vec<&str> =
+        [(!a.variants.is_empty(), "--variant"), (a.case.is_some(), "--case"), (a.golden.is_some(), "--golden")]
+            .into_iter()
+            .filter_map(|(set, flag)| set.then_some(flag))
+            .collect();
     let opts = Options { entries: a.variants, case: a.case, backend: a.backend, golden_dir: a.golden, seed: a.seed };
     let plan = conform::plan(&opts)?;
+    anyhow::ensure!(!plan.trials.is_empty(), "no trial matches the options: nothing would be checked");
     for n in &plan.notes {
         println!("{n}");
     }
@@ -66,12 +75,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
     }
     // GPU results live beside that GPU's benchmarks (select reads them from there).
+    let name = format!("conformance-{}{}.json", plan.backend, if partial.is_empty() { "" } else { "-partial" });
     let path = a.json.unwrap_or_else(|| match &run.environment.device {
-        Some(device) => results_dir().join(slug(device)).join(format!("conformance-{}.json", plan.backend)),
-        None => results_dir().join(format!("conformance-{}.json", plan.backend)),
+        Some(device) => results_dir().join(slug(device)).join(&name),
+        None => results_dir().join(&name),
     });
     let json = serde_json::to_vec_pretty(&run).context("serialising results")?;
     write_atomically(&path, &json).with_context(|| format!("writing {}", path.display()))?;
+    if !partial.is_empty() {
+        println!("a partial run ({}): written beside, never over, the whole run's file", partial.join(", "));
+    }
     println!("results: {}", path.display());
     Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -154,3 +154,41 @@ fn bundle_refuses_to_clear_a_folder_it_did_not_make() {
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "a user's file");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
 }
+
+/// A narrowed conform run writes beside the whole run's results (select reads those), and a run
+/// whose options match no trial checks nothing: an error, not a pass.
+#[test]
+fn a_partial_conform_run_writes_beside_and_an_empty_one_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("conformance-cpu.json");
+    std::fs::write(&whole, b"keep me").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .env("FUSEGATE_RESULTS_DIR", dir.path())
+            .output()
+            .expect("run xtask")
+    };
+    let out = run(&["conform", "--backend", "cpu", "--case", "qwen3-typical-t1", "--variant", "exact"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&whole).unwrap(), b"keep me");
+    let partial =
+        fusegate_harness::results::ConformanceRun::load(&dir.path().join("conformance-cpu-partial.json")).unwrap();
+    let golden_cases: Vec<&str> = partial
+        .trials
+        .iter()
+        .filter_map(|t| match &t.check {
+            fusegate_harness::Check::Golden { case } => Some(case.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(partial.summary.passed > 0 && !golden_cases.is_empty(), "{:?}", partial.summary);
+    assert!(golden_cases.iter().all(|c| c.contains("qwen3-typical-t1")), "a substring match: {golden_cases:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a partial run (--variant, --case)"));
+
+    let out = run(&["conform", "--backend", "cpu", "--case", "no-such-case"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no-such-case") && stderr.contains("matches no"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the empty run wrote nothing");
+}
