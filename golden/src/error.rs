@@ -32,6 +32,11 @@ pub enum GoldenError {
     )]
     Size { path: PathBuf, expected: u64, found: u64 },
 
+    /// The path is a FIFO, a device or a folder (a symlink is followed): reading it could hang or
+    /// never end, so it is refused before it is opened.
+    #[error("{}: not a regular file (a FIFO, device or folder); a golden must be a plain file", line(.path.display()))]
+    NotAFile { path: PathBuf },
+
     /// The file is not the one the manifest pinned. Hashes are shortened to 12 hex digits.
     #[error(
         "{}: sha256 mismatch: manifest says {expected}.., file is {actual}..",
@@ -110,6 +115,7 @@ impl GoldenError {
             | GoldenError::ManifestJson { path, .. }
             | GoldenError::ManifestInvalid { path, .. }
             | GoldenError::Size { path, .. }
+            | GoldenError::NotAFile { path }
             | GoldenError::Sha256 { path, .. }
             | GoldenError::SafeTensors { path, .. }
             | GoldenError::MetadataMissing { path, .. }

@@ -37,9 +37,28 @@ fn parse_choice(s: &str) -> Result<Choice, String> {
     s.parse()
 }
 
-/// results/ at the workspace root (or beside a bundled binary's working directory).
+/// `$FUSEGATE_RESULTS_DIR`, else results/ at the root of the workspace this binary was built in
+/// (whatever the working directory), else (a bundled binary on another machine) results/ in the
+/// working directory.
 pub fn results_dir() -> PathBuf {
-    std::env::var_os("FUSEGATE_RESULTS_DIR").map_or_else(|| PathBuf::from("results"), PathBuf::from)
+    if let Some(dir) = std::env::var_os("FUSEGATE_RESULTS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if root.join("Cargo.toml").is_file() { root.join("results") } else { PathBuf::from("results") }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn results_anchor_at_the_workspace_root() {
+        if std::env::var_os("FUSEGATE_RESULTS_DIR").is_some() {
+            return; // the environment chose another folder
+        }
+        let dir = super::results_dir();
+        assert!(dir.is_absolute() && dir.ends_with("results"), "{}", dir.display());
+        assert!(dir.join("../Cargo.toml").is_file() && dir.join("../xtask").is_dir(), "{}", dir.display());
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
