@@ -48,19 +48,6 @@ pub fn results_dir() -> PathBuf {
     if root.join("Cargo.toml").is_file() { root.join("results") } else { PathBuf::from("results") }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn results_anchor_at_the_workspace_root() {
-        if std::env::var_os("FUSEGATE_RESULTS_DIR").is_some() {
-            return; // the environment chose another folder
-        }
-        let dir = super::results_dir();
-        assert!(dir.is_absolute() && dir.ends_with("results"), "{}", dir.display());
-        assert!(dir.join("../Cargo.toml").is_file() && dir.join("../xtask").is_dir(), "{}", dir.display());
-    }
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     // A run narrowed by any of these checks less than select needs: it never replaces the
     // results file a decision reads, but goes beside it.
@@ -106,4 +93,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!("results: {}", path.display());
     Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn results_anchor_at_the_workspace_root() {
+        if std::env::var_os("FUSEGATE_RESULTS_DIR").is_some() {
+            return; // the environment chose another folder
+        }
+        let dir = super::results_dir();
+        assert!(dir.is_absolute() && dir.ends_with("results"), "{}", dir.display());
+        assert!(dir.join("../Cargo.toml").is_file() && dir.join("../xtask").is_dir(), "{}", dir.display());
+    }
 }
