@@ -245,6 +245,9 @@ impl<'a> DeviceForward<'a> {
         let c = &tables.config;
         let (h, i, qw, eps) =
             (c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim, c.rms_norm_eps as f32);
+        if rows > t {
+            return Err(BackendError::BadInput(format!("logits of {rows} positions asked of a step of {t}")));
+        }
         let s = AttnStep { dims: c.op_dims(), t, first_pos: self.next_pos };
         let step = self.steps.get_mut(&t).ok_or_else(|| BackendError::Device(format!("no buffers at T = {t}")))?;
         ops.embed(&step.ids, &tables.embed, step.ops[0].x().all(), h)?;
