@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use fusegate_harness::results::{SchemaName, SchemaTag};
+use fusegate_harness::results::{Environment, SchemaName, SchemaTag};
 use fusegate_kernels::registry;
 use half::bf16;
 use serde::{Deserialize, Serialize};
@@ -108,6 +108,8 @@ pub struct LocalFloor {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DumpCheck {
     pub schema: DumpCheckSchema,
+    /// Where and from which commit the check ran (the dump itself records nothing of its engine).
+    pub environment: Environment,
     /// The model golden's name.
     pub model: String,
     pub regime: Regime,
@@ -341,6 +343,7 @@ impl<'m> DumpReference<'m> {
         let prompts = &m.golden.manifest.prompts;
         DumpCheck {
             schema: DumpCheckSchema::default(),
+            environment: Environment::capture(None),
             model: m.name.clone(),
             regime: m.regime,
             prompts: prompts.len(),
