@@ -348,6 +348,29 @@ fn first_line(s: &str) -> String {
 /// process-wide counter separates calls within one, threads included. Concurrent writers to one
 /// path therefore never share a temp file; each rename replaces the file whole, so the last one
 /// wins and no reader ever sees a mix. A temp file is removed when its write fails.
+/// Before a run: whether results can later be written at `path`. A symbolic link or a folder at
+/// the path is refused (the atomic rename would replace the link, not write through it), and the
+/// folder is created now, so that a path under a regular file or where nothing can be created
+/// fails before the run instead of after it.
+pub fn prepare_output(path: &Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_symlink() {
+            let why = "is a symbolic link: results replace files, not links (pass the link's target)";
+            return Err(Error::new(ErrorKind::InvalidInput, why));
+        }
+        if m.is_dir() {
+            return Err(Error::new(ErrorKind::InvalidInput, "is a folder, not a file path"));
+        }
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::new(ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::new(e.kind(), format!("cannot create directory {}: {e}", dir.display())))
+}
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind};
     static CALLS: AtomicU64 = AtomicU64::new(0);

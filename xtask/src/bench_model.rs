@@ -6,7 +6,7 @@ use anyhow::Context;
 use fusegate_bench::e2e::{self, Options};
 use fusegate_bench::gpu::measure_ceilings;
 use fusegate_bench::schema::slug;
-use fusegate_harness::results::write_atomically;
+use fusegate_harness::results::{prepare_output, write_atomically};
 use fusegate_kernels::EntryId;
 use fusegate_kernels::cuda::Cuda;
 use std::path::PathBuf;
@@ -44,6 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.samples >= 5, "--samples must be at least 5");
     let cuda = Cuda::probe().map_err(|r| anyhow::anyhow!("bench-model needs a GPU: {r}"))?;
     let json = a.json.unwrap_or_else(|| results_dir().join(slug(cuda.device_name())).join("e2e-cuda.json"));
+    prepare_output(&json).with_context(|| format!("writing {}", json.display()))?;
     let ceilings = measure_ceilings(&cuda).context("measuring the copy bandwidth")?;
     let entries =
         if a.variants.is_empty() { e2e::default_entries() } else { a.variants.iter().map(|v| v.entry()).collect() };

@@ -4,7 +4,7 @@ use anyhow::Context;
 use fusegate_bench::schema::slug;
 use fusegate_harness::backends::Choice;
 use fusegate_harness::conform::{self, DEFAULT_SEED, Options};
-use fusegate_harness::results::write_atomically;
+use fusegate_harness::results::{prepare_output, write_atomically};
 use fusegate_kernels::BackendId;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +56,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .into_iter()
             .filter_map(|(set, flag)| set.then_some(flag))
             .collect();
+    if let Some(json) = &a.json {
+        prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
+    }
     let opts = Options { entries: a.variants, case: a.case, backend: a.backend, golden_dir: a.golden, seed: a.seed };
     let plan = conform::plan(&opts)?;
     anyhow::ensure!(!plan.trials.is_empty(), "no trial matches the options: nothing would be checked");

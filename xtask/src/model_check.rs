@@ -4,7 +4,7 @@
 use anyhow::Context;
 use fusegate_harness::backends::Choice;
 use fusegate_harness::conform::resolve_backend;
-use fusegate_harness::results::write_atomically;
+use fusegate_harness::results::{prepare_output, write_atomically};
 use fusegate_kernels::EntryId;
 use fusegate_model::check::default_entries;
 use fusegate_model::controls::CONTROLS;
@@ -88,6 +88,9 @@ impl Progress {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(json) = &a.json {
+        prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
+    }
     if let Some(dir) = &a.dumps {
         return run_dumps(&a, dir);
     }

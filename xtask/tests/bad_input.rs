@@ -386,8 +386,24 @@ fn results_path_under_a_regular_file_exits_2_naming_it() {
     let run = output(quick(&g, &json));
     run.one_error_line(&[&format!("writing {}", json.display()), "is not a directory"]);
     assert_eq!(run.code, Some(2));
-    assert!(run.stdout.contains("REJECTED"), "the run itself happened:\n{}", run.stdout);
+    assert!(!run.stdout.contains("REJECTED"), "refused before the run:\n{}", run.stdout);
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+/// `--json` through a symbolic link: refused before the run; the link and its target stay as they were.
+#[test]
+fn a_results_path_that_is_a_symlink_is_refused_before_the_run() {
+    let g = Goldens::new();
+    let target = g.scratch("target.json");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = g.scratch("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let run = output(quick(&g, &link));
+    run.one_error_line(&[&format!("writing {}", link.display()), "symbolic link"]);
+    assert_eq!(run.code, Some(2));
+    assert!(!run.stdout.contains("REJECTED"), "refused before the run:\n{}", run.stdout);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
 }
 
 #[cfg(target_os = "linux")]
