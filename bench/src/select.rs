@@ -13,7 +13,7 @@ mod markdown;
 mod model_gate;
 
 pub use decide::decide;
-pub use evidence::check_complete;
+pub use evidence::{check_complete, check_same_build};
 pub use model_gate::{ModelEvidence, ModelLine};
 
 use crate::schema::{Cache, Launch};

@@ -98,15 +98,20 @@ impl Environment {
     }
 }
 
-/// The commit the running binary was built from: what the bundle recorded
-/// (`$FUSEGATE_GIT_COMMIT`, set by bundle/run.sh) first, since the tree a bundle runs in need not
-/// be the one it was built from (a GPU machine's copy of the checkout once reported a commit three
-/// behind); else the checkout's commit, with "-dirty" for local changes.
+/// The commit a binary was built from, installed once by its `main` (xtask records it at build
+/// time). Results then name the code that produced them, wherever the binary runs.
+static BUILD_COMMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Installs the build's commit (first call wins).
+pub fn set_build_commit(commit: &str) {
+    let _ = BUILD_COMMIT.set(commit.to_string());
+}
+
+/// The build's commit when a binary installed it; else (library tests, built from this checkout)
+/// the checkout's commit, with "-dirty" for local changes.
 fn git_commit() -> String {
-    if let Ok(c) = std::env::var("FUSEGATE_GIT_COMMIT")
-        && !c.is_empty()
-    {
-        return c;
+    if let Some(c) = BUILD_COMMIT.get() {
+        return c.clone();
     }
     let git = |args: &[&str]| {
         std::process::Command::new("git")

@@ -260,3 +260,33 @@ fn committed_conformance_results_load_for_select() {
         assert!(gates.contains_key(&EntryId::Exact) && gates.contains_key(&EntryId::Standard), "{gpu}");
     }
 }
+
+#[test]
+fn select_refuses_conformance_of_another_build_or_another_gpu() {
+    let bench = bench();
+    let mut conf = conformance();
+    // The fixture's conformance was trimmed of its environment: it names no commit.
+    let err = select::check_same_build(&bench, &conf).unwrap_err();
+    assert!(err.contains("conformance judged commit , the bench timed commit 5233c842555e"), "{err}");
+    conf.environment.git_commit = bench.git_commit.clone();
+    assert_eq!(select::check_same_build(&bench, &conf), Ok(()));
+    // The committed H200 results of main before this rule: bench 93f7378, conformance ed6b68e.
+    conf.environment.git_commit = "ed6b68e11fc1".into();
+    let err = select::check_same_build(&bench, &conf).unwrap_err();
+    assert!(err.starts_with("conformance judged commit ed6b68e11fc1, the bench timed commit 5233c842555e"), "{err}");
+    // A modified tree names no code, on either side.
+    for (b, c) in [("5233c842555e-dirty", "5233c842555e-dirty"), ("5233c842555e", "unknown")] {
+        let mut bench = bench.clone();
+        bench.git_commit = b.into();
+        conf.environment.git_commit = c.into();
+        let err = select::check_same_build(&bench, &conf).unwrap_err();
+        assert!(err.contains("uncommitted changes") && !err.contains('\n'), "{err}");
+    }
+    // Another GPU model's conformance.
+    conf.environment.git_commit = bench.git_commit.clone();
+    conf.environment.device = Some("NVIDIA H100 80GB HBM3".into());
+    let err = select::check_same_build(&bench, &conf).unwrap_err();
+    assert!(err.starts_with("conformance ran on NVIDIA H100 80GB HBM3, the bench on NVIDIA H200"), "{err}");
+    conf.environment.device = None;
+    assert!(select::check_same_build(&bench, &conf).unwrap_err().starts_with("conformance ran on no GPU"));
+}

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: device-time benchmarks of the GPU variants and PyTorch baselines.
 
-use crate::conform::results_dir;
+use crate::outputs::results_dir;
 use anyhow::{Context, bail};
 use fusegate_bench::compare;
 use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Options};

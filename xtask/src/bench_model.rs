@@ -12,7 +12,7 @@ use fusegate_kernels::cuda::Cuda;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::conform::results_dir;
+use crate::outputs::results_dir;
 
 /// Time one decode step and one prefill of a 28-layer Qwen3-0.6B-shaped model per variant.
 #[derive(clap::Args)]

@@ -25,7 +25,7 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export FUSEGATE_GOLDEN_DIR="$here/golden" FUSEGATE_SCRIPTS="$here/scripts"
-export FUSEGATE_RESULTS_DIR="${FUSEGATE_RESULTS_DIR:-$here/results}" FUSEGATE_GIT_COMMIT="@COMMIT@"
+export FUSEGATE_RESULTS_DIR="${FUSEGATE_RESULTS_DIR:-$here/results}"
 model() {
   local g28="${TMPDIR:-/tmp}/fusegate-model-l28"
   [ -d "$g28/stable-l28" ] && [ -d "$g28/stress-l28" ] || "$here/capture/model_l28.sh" "$g28" "$here/fusegate" || return 1
@@ -134,24 +134,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         copy_dir(&root.join("golden/data"), &out.join("golden"))?;
     }
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .current_dir(&root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    // The commit the binaries are built from, "-dirty" with local changes to tracked files: results
-    // record it (the GPU machine's copy of the tree is not a reliable witness).
-    let mut commit = git(&["rev-parse", "--short=12", "HEAD"]);
-    if !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
-        commit += "-dirty";
-    }
     let run_sh = out.join("run.sh");
-    std::fs::write(&run_sh, RUN_SH.replace("@COMMIT@", &commit)).context("writing run.sh")?;
+    std::fs::write(&run_sh, RUN_SH).context("writing run.sh")?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755))?;
     let size: u64 = walk_size(&out);

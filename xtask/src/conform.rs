@@ -1,5 +1,6 @@
 //! `cargo xtask conform`: run the conformance suite, print the table, write the results file.
 
+use crate::outputs::results_dir;
 use anyhow::Context;
 use fusegate_bench::schema::slug;
 use fusegate_harness::backends::Choice;
@@ -21,8 +22,9 @@ pub struct Args {
     /// auto: CUDA where a GPU is present, else the CPU emulation.
     #[arg(long, default_value = "auto", value_parser = parse_choice)]
     backend: Choice,
-    /// Results file. Default: results/conformance-<backend>.json, on a GPU under results/<gpu>/ (a
-    /// run narrowed by --variant, --case or --golden: conformance-<backend>-partial.json).
+    /// Results file. Default: conformance-<backend>.json in the results folder (`--record`:
+    /// results/, else target/fusegate/results/), on a GPU under <gpu>/ (a run narrowed by
+    /// --variant, --case or --golden: conformance-<backend>-partial.json).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Golden directory (holds manifest.json). Default: golden/data, or $FUSEGATE_GOLDEN_DIR.
@@ -35,17 +37,6 @@ pub struct Args {
 
 fn parse_choice(s: &str) -> Result<Choice, String> {
     s.parse()
-}
-
-/// `$FUSEGATE_RESULTS_DIR`, else results/ at the root of the workspace this binary was built in
-/// (whatever the working directory), else (a bundled binary on another machine) results/ in the
-/// working directory.
-pub fn results_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("FUSEGATE_RESULTS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    if root.join("Cargo.toml").is_file() { root.join("results") } else { PathBuf::from("results") }
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -96,17 +87,4 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!("results: {}", path.display());
     Ok(if run.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn results_anchor_at_the_workspace_root() {
-        if std::env::var_os("FUSEGATE_RESULTS_DIR").is_some() {
-            return; // the environment chose another folder
-        }
-        let dir = super::results_dir();
-        assert!(dir.is_absolute() && dir.ends_with("results"), "{}", dir.display());
-        assert!(dir.join("../Cargo.toml").is_file() && dir.join("../xtask").is_dir(), "{}", dir.display());
-    }
 }

@@ -8,6 +8,7 @@ mod conform;
 mod golden;
 mod kernels;
 mod model_check;
+mod outputs;
 mod select;
 mod synth_model;
 
@@ -19,6 +20,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
+    /// Write results into results/ (the committed evidence a decision quotes) and read them from
+    /// there; without it, runs write to target/fusegate/results/ and never touch a tracked file.
+    #[arg(long, global = true)]
+    record: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    fusegate_harness::results::set_build_commit(env!("FUSEGATE_BUILD_COMMIT"));
+    outputs::set_record(cli.record);
     let result = match cli.command {
         Command::Conform(a) => conform::run(a),
         Command::Bench(a) => bench::run(a),

@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::conform::results_dir;
+use crate::outputs::results_dir;
 use fusegate_bench::schema::slug;
 
 /// Judge registry entries inside a Qwen3 forward pass against HF's goldens and noise floor.

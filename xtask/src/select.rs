@@ -1,7 +1,7 @@
 //! `cargo xtask select`: the production decision from the latest conformance and bench results.
 
 use crate::bench::{load_bench, write_report};
-use crate::conform::results_dir;
+use crate::outputs::results_dir;
 use anyhow::{Context, bail};
 use fusegate_bench::schema::{Launch, slug};
 use fusegate_bench::select::{self, Mix, ModelEvidence};
@@ -62,6 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cases: Vec<String> = manifest.cases.iter().map(|c| c.name.clone()).collect();
     select::check_complete(&conf, BackendId::Cuda, &gates, &cases)
         .map_err(|why| anyhow::anyhow!("{}: {why}", conf_path.display()))?;
+    select::check_same_build(&bench, &conf).map_err(|why| anyhow::anyhow!("{}: {why}", conf_path.display()))?;
     let model_path = dir.join(MODEL_CHECK);
     if !model_path.is_file() {
         bail!(

@@ -50,20 +50,24 @@ fn bad_arguments_are_one_line_errors() {
     }
 }
 
-/// Without a GPU (this machine and CI), the GPU commands say so in one line and exit 2.
+/// When the GPU cannot be had, the GPU commands say so in one line and exit 2: without a GPU (this
+/// machine, CI) for want of a driver; on a GPU machine by asking for a device that is not there.
 #[test]
-fn gpu_commands_without_a_gpu_exit_2_with_one_line() {
-    if fusegate_kernels::cuda::Cuda::probe().is_ok() {
-        return; // a GPU is present: the commands would run for real
-    }
+fn gpu_commands_without_a_usable_gpu_exit_2_with_one_line() {
+    let gpu = fusegate_kernels::cuda::Cuda::probe().is_ok();
     let cuda = fusegate_kernels::BackendId::Cuda.name();
     for args in [&["bench", "--tokens", "1", "--no-torch"][..], &["conform", "--backend", cuda], &["kernels", "routes"]]
     {
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("run xtask");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        if gpu {
+            cmd.env("FUSEGATE_CUDA_DEVICE", "99");
+        }
+        let out = cmd.args(args).output().expect("run xtask");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("CUDA") || stderr.contains("GPU"), "{stderr}");
+        let expected = if gpu { "CUDA device 99 requested" } else { "CUDA" };
+        assert!(stderr.contains(expected) || (!gpu && stderr.contains("GPU")), "{stderr}");
     }
 }
 
@@ -191,4 +195,60 @@ fn a_partial_conform_run_writes_beside_and_an_empty_one_fails() {
     assert!(!out.status.success() && stderr.contains("no-such-case") && stderr.contains("matches no"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "the empty run wrote nothing");
+}
+
+/// An ad-hoc run (no --json, no --record) writes under target/fusegate/results/, never into the
+/// committed results/ (which every default run once rewrote, dirtying the checkout).
+#[test]
+fn an_ad_hoc_conform_run_leaves_the_committed_results_alone() {
+    if std::env::var_os("FUSEGATE_RESULTS_DIR").is_some() {
+        return; // the environment chose another folder
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let committed = root.join("results/conformance-cpu.json");
+    let before = std::fs::read(&committed).expect("the committed CPU results");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["conform", "--backend", "cpu", "--variant", "standard", "--case", "qwen3-typical-t1"])
+        .output()
+        .expect("run xtask");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let written = stdout.lines().find_map(|l| l.strip_prefix("results: ")).expect("the results line");
+    assert!(written.ends_with("target/fusegate/results/conformance-cpu-partial.json"), "{written}");
+    assert!(std::path::Path::new(written).is_file(), "{written}");
+    assert_eq!(std::fs::read(&committed).unwrap(), before, "the committed results were rewritten");
+    assert!(!root.join("results/conformance-cpu-partial.json").exists());
+}
+
+/// The commit in a results file is the one the binary was built from, recorded at build time: run
+/// from inside another git repository, it still names this one's (it once named the other's).
+#[test]
+fn results_name_the_commit_the_binary_was_built_from_wherever_it_runs() {
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new("git").current_dir(dir).args(args).output().expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if Command::new("git").current_dir(&root).args(["rev-parse", "HEAD"]).output().is_ok_and(|o| !o.status.success()) {
+        return; // not built from a git checkout: the build recorded "unknown"
+    }
+    let ours = git(&root, &["rev-parse", "--short=12", "HEAD"]);
+    let other = tempfile::tempdir().unwrap();
+    git(other.path(), &["init", "-q"]);
+    git(other.path(), &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "other"]);
+    let theirs = git(other.path(), &["rev-parse", "--short=12", "HEAD"]);
+    let json = other.path().join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(other.path())
+        .args(["conform", "--backend", "cpu", "--variant", "standard", "--case", "qwen3-typical-t1", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run xtask");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = fusegate_harness::results::ConformanceRun::load(&json).unwrap_or_else(|e| panic!("{e}"));
+    let recorded = run.environment.git_commit;
+    // The build may have been of a modified tree ("-dirty"); the commit is ours either way.
+    assert!(recorded == ours || recorded == format!("{ours}-dirty"), "recorded {recorded}, built from {ours}");
+    assert_ne!(recorded, theirs);
 }

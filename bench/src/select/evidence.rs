@@ -6,6 +6,9 @@
 //!   contract. A mutant that slips through shows the gate blind to that defect, so the variant's
 //!   gate closes. (A mutant the backend does not implement is ignored there, not counted: the CPU
 //!   suite judges it.)
+//! - Of the benchmarked build: conformance judged the code the bench timed (the same commit, not
+//!   a modified tree) on the same class of GPU. Gates from other code, or from another GPU, say
+//!   nothing about the kernels being timed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +17,7 @@ use fusegate_harness::{Check, Outcome};
 use fusegate_kernels::{BackendId, EntryId};
 
 use super::Gates;
+use crate::schema::BenchRun;
 
 /// Refuses a conformance run in which a variant of `gates` lacks a golden trial of a case in
 /// `cases` (the committed manifest's case names).
@@ -58,4 +62,30 @@ pub fn close_blind(gates: &mut BTreeMap<EntryId, Gates>, run: &ConformanceRun, b
             g.sighted = false;
         }
     }
+}
+
+/// Refuses conformance that did not judge the build the bench timed: another commit, a tree with
+/// uncommitted changes (its commit does not name its code), or another GPU model.
+pub fn check_same_build(bench: &BenchRun, conformance: &ConformanceRun) -> Result<(), String> {
+    let (timed, judged) = (&bench.git_commit, &conformance.environment.git_commit);
+    if let Some(c) = [timed, judged].into_iter().find(|c| c.ends_with("-dirty") || c.as_str() == "unknown") {
+        return Err(format!(
+            "built from {c}: a build with uncommitted changes (or of unknown origin) cannot be named as \
+             evidence; commit, then rerun conform and bench"
+        ));
+    }
+    if timed != judged {
+        return Err(format!(
+            "conformance judged commit {judged}, the bench timed commit {timed}: rerun both from one build \
+             (./bundle/run.sh all)"
+        ));
+    }
+    let device = conformance.environment.device.as_deref().unwrap_or("no GPU");
+    if device != bench.fingerprint.gpu {
+        return Err(format!(
+            "conformance ran on {device}, the bench on {}: gates must come from the GPU that was timed",
+            bench.fingerprint.gpu
+        ));
+    }
+    Ok(())
 }
