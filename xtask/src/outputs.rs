@@ -48,7 +48,7 @@ mod tests {
         assert!(root.join("Cargo.toml").is_file() && root.join("xtask").is_dir(), "{}", dir.display());
         // target/ is ignored by git: nothing written there dirties the checkout.
         let ignored = std::process::Command::new("git")
-            .current_dir(&root)
+            .current_dir(root)
             .args(["check-ignore", "-q", "target/fusegate/results/conformance-cpu.json"])
             .status()
             .map(|s| s.success());
