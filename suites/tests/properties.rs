@@ -1,16 +1,29 @@
 //! Property tests (proptest) over random shapes and values.
 //!
-//! The variants, with the CPU `standard` entry (plus HF's head norms) standing in for the PyTorch
-//! golden and the harness's fp64 truths and verdicts:
+//! The variants against a reference written here, independently of the CPU backend
+//! ([`hf_reference`]: HF's op and head norms, rounding point by rounding point, with
+//! correctly rounded reductions in fp64 where PyTorch reduces in fp32), standing in for the
+//! PyTorch golden, with the harness's fp64 truths and verdicts. (The CPU backend's own `standard`
+//! once stood in for it: `mixed` and `exact` are the same computation there, so they could not
+//! fail against it.)
 //!
-//! - On any shape (h 8..300, d in {4, 8, 16, 32}, nq 1..=4, nkv 1..=2, t 1..=9): `mixed`, `exact`
-//!   and `standard` meet their whole contracts (the emulation is one computation), and `f32`'s
+//! - The rounding points, given each entry's own upstream stage ([`rounding_point_misses`]): every
+//!   element of A, B, q, k, v of `mixed`, `exact` and `standard` is what HF's rounding point makes
+//!   of the entry's own inv_rms, A, B (q, k, v up to fp32 accumulation's worst-case error), on any
+//!   shape; the mutants that move a rounding point or bias an output miss it on every problem.
+//! - The contracts without their bit-exact fractions ([`order_free`]): judged against this
+//!   reference, the whole contracts fail on small shapes although every rounding point holds (a
+//!   1-ulp difference in inv_rms, from another summation order, flips one A element of a row of
+//!   ~200 and ~7% of that row's outputs: standard at t 8, h 198 read 99.87% bit-exact at A against
+//!   99.99%, and 97.3% at q against 99.5%). That is issue 11 (stages judged on their own inputs);
+//!   the fractions are judged on the PyTorch goldens, not here.
+//! - On any shape (h 8..300, d in {4, 8, 16, 32}, nq 1..=4, nkv 1..=2, t 1..=9): `f32`'s
 //!   q, k and v are at least as accurate as PyTorch's against the exact op (error ratio <= 1.0).
 //!   That is close to a theorem: f32's output is the exact value rounded once to the nearest bf16
 //!   (up to fp32 accumulation noise), so no bf16 output, PyTorch's included, is closer element by
 //!   element.
-//! - On shapes large enough to measure them (see [`measurable_problem`]), `f32` meets its whole
-//!   contract too. Two of its bounds are statistical, not per-input guarantees, and fail on tiny
+//! - On shapes large enough to measure them (see [`measurable_problem`]), every variant meets its
+//!   contract without the fractions. Two of f32's bounds are statistical, not per-input guarantees, and fail on tiny
 //!   shapes for reasons of measurement, not arithmetic (measured over 20,000 random problems of
 //!   the full generator: 5% fail, every failure one of these two):
 //!   * the head-norm accuracy bound (q_normed / k_normed error ratio <= 1.0 against the exact op):
@@ -42,7 +55,8 @@ use fusegate_harness::verdict::{self, StageReport, Verdict};
 use fusegate_kernels::cpu::{self, Cpu};
 use fusegate_kernels::synth::Rng;
 use fusegate_kernels::{
-    Dims, Entry, EntryId, Observed, OpInputs, Shape, Stage, StageData, Truth, Weights, registry, run_once,
+    Contract, Dims, Entry, EntryId, Observed, OpInputs, Shape, Stage, StageBound, StageData, Truth, Weights, registry,
+    run_once,
 };
 use half::bf16;
 use proptest::prelude::*;
@@ -126,26 +140,159 @@ fn with_head_norms(mut obs: Observed, w: &Weights, shape: &Shape, eps: f32) -> O
     obs
 }
 
-struct Judged {
-    id: EntryId,
-    verdict: Verdict,
-    reports: Vec<StageReport>,
+/// HF's `Qwen3RMSNorm` on rows of `width`: the fp32 sum of squares (here correctly rounded from
+/// fp64) times 1/width (PyTorch's mean multiplies by the reciprocal), rsqrt (here correctly
+/// rounded), A = bf16(x * r), B = bf16(w * A). Returns (r per row, A, B).
+fn reference_rmsnorm(x: &[bf16], w: &[bf16], eps: f32, width: usize) -> (Vec<f32>, Vec<bf16>, Vec<bf16>) {
+    let (mut r, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    for row in x.chunks_exact(width) {
+        let sum: f64 = row.iter().map(|v| f64::from(v.to_f32()).powi(2)).sum();
+        let mean = (sum as f32) * (1.0 / width as f32);
+        let inv = (1.0 / f64::from(mean + eps).sqrt()) as f32;
+        for (xi, wi) in row.iter().zip(w) {
+            let ai = bf16::from_f32(xi.to_f32() * inv);
+            a.push(ai);
+            b.push(bf16::from_f32(wi.to_f32() * ai.to_f32()));
+        }
+        r.push(inv);
+    }
+    (r, a, b)
 }
 
-/// Every variant judged by its own contract, with the CPU `standard` as the golden.
-fn judge(p: &Problem) -> Vec<Judged> {
+/// The reference: HF's norm, `F.linear` in bf16 (each output's dot product correctly rounded in
+/// fp64, then to bf16), split into q, k, v, and the head norms on q and k.
+fn hf_reference(p: &Problem, x: &[bf16], w: &Weights, eps: f32) -> Observed {
+    let s = &p.shape;
+    let (r, a, b) = reference_rmsnorm(x, &w.norm, eps, s.h);
+    let (qw, kw) = (s.nq * s.d, s.nkv * s.d);
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for row in b.chunks_exact(s.h) {
+        for (col, wrow) in w.qkv.chunks_exact(s.h).enumerate() {
+            let dot: f64 = row.iter().zip(wrow).map(|(bi, wi)| f64::from(bi.to_f32()) * f64::from(wi.to_f32())).sum();
+            let out = bf16::from_f32(dot as f32);
+            match col {
+                c if c < qw => q.push(out),
+                c if c < qw + kw => k.push(out),
+                _ => v.push(out),
+            }
+        }
+    }
+    let head_norm = |rows: &[bf16], weight: &[bf16]| StageData::Bf16(reference_rmsnorm(rows, weight, eps, s.d).2);
+    let mut obs = Observed::new();
+    obs.insert(Stage::QNormed, head_norm(&q, &w.q_norm));
+    obs.insert(Stage::KNormed, head_norm(&k, &w.k_norm));
+    for (stage, data) in [(Stage::A, a), (Stage::B, b), (Stage::Q, q), (Stage::K, k), (Stage::V, v)] {
+        obs.insert(stage, StageData::Bf16(data));
+    }
+    obs.insert(Stage::InvRms, StageData::F32(r));
+    obs
+}
+
+struct Judged {
+    id: EntryId,
+    /// The contract without its bit-exact fractions (see [`order_free`]).
+    order_free: Verdict,
+    reports: Vec<StageReport>,
+    /// Elements that break a rounding point given the entry's own inputs ([`rounding_point_misses`]).
+    misses: Vec<(Stage, usize)>,
+}
+
+/// `c` without its bit-exact fractions: the bounds that hold whatever order a correct
+/// implementation reduces in. A 1-ulp difference in inv_rms (another order of the sum of squares)
+/// flips a bf16 rounding of A now and then; every output of that token's row moves with it, and
+/// on a row of a few hundred elements one flip is already over a 99.99% bound (issue 11: stages
+/// judged on their own inputs).
+fn order_free(c: Contract) -> Contract {
+    let stages: Vec<StageBound> = c.stages.iter().map(|b| StageBound { min_bit_exact: 0.0, ..*b }).collect();
+    Contract { stages: Box::leak(stages.into_boxed_slice()), ..c }
+}
+
+/// Every entry judged by its contract, with the independent reference as the golden.
+fn judge(p: &Problem, entries: impl Iterator<Item = &'static Entry>) -> Vec<Judged> {
     const EPS: f32 = 1e-6;
     let (x, w) = p.data();
     let inputs = OpInputs { shape: p.shape, x: &x, weights: &w, eps: EPS };
-    let run = |e: &'static Entry| with_head_norms(run_once(&Cpu, e, &inputs).expect("valid inputs"), &w, &p.shape, EPS);
-    let golden = run(registry::baseline());
+    let golden = hf_reference(p, &x, &w, EPS);
     let truths = truth::compute(&p.shape, EPS, &x, &w, &golden);
-    registry::variants()
+    entries
         .map(|e| {
-            let (verdict, reports) = verdict::evaluate(&e.contract(), &run(e), &golden, &truths, &p.shape);
-            Judged { id: e.id, verdict, reports }
+            let obs = with_head_norms(run_once(&Cpu, e, &inputs).expect("valid inputs"), &w, &p.shape, EPS);
+            let (order_free, reports) = verdict::evaluate(&order_free(e.contract()), &obs, &golden, &truths, &p.shape);
+            let misses = rounding_point_misses(p, &x, &w, EPS, &obs, &golden);
+            Judged { id: e.id, order_free, reports, misses }
         })
         .collect()
+}
+
+/// The interval of reals that round to the finite `v` (to nearest, ends included). Computed from
+/// v's neighbours, not with `half`'s f64 conversion, which drops the low 32 bits before rounding.
+fn rounds_from(v: bf16) -> (f64, f64) {
+    let bits = v.to_bits();
+    let step = |up: bool| match (bits & 0x8000 == 0, bits & 0x7fff == 0) {
+        (_, true) => bf16::from_bits(if up { 0x0001 } else { 0x8001 }),
+        (true, false) => bf16::from_bits(if up { bits + 1 } else { bits - 1 }),
+        (false, false) => bf16::from_bits(if up { bits - 1 } else { bits + 1 }),
+    };
+    let g = v.to_f64();
+    ((g + step(false).to_f64()) / 2.0, (g + step(true).to_f64()) / 2.0)
+}
+
+/// Elements of A, B, q, k, v that an HF rounding point does not explain, given the entry's own
+/// upstream stage (the reference's where the entry does not observe it): A = bf16(x * r),
+/// B = bf16(w * A), and each output the bf16 rounding of the exact dot product of B with W, or
+/// its other neighbour where the exact value lies within fp32 accumulation's worst-case error
+/// (2 h 2^-24 sum |b w|) of the tie between them.
+fn rounding_point_misses(
+    p: &Problem,
+    x: &[bf16],
+    w: &Weights,
+    eps: f32,
+    obs: &Observed,
+    golden: &Observed,
+) -> Vec<(Stage, usize)> {
+    let s = &p.shape;
+    let own = |stage: Stage| obs.get(&stage).or(golden.get(&stage));
+    let r = match own(Stage::InvRms) {
+        Some(StageData::F32(r)) => r.clone(),
+        _ => reference_rmsnorm(x, &w.norm, eps, s.h).0,
+    };
+    let mut misses = Vec::new();
+    if let Some(StageData::Bf16(a)) = obs.get(&Stage::A) {
+        let bad = x.iter().zip(a).enumerate().filter(|(i, (xi, ai))| bf16::from_f32(xi.to_f32() * r[i / s.h]) != **ai);
+        misses.push((Stage::A, bad.count()));
+    }
+    let a = own(Stage::A).and_then(StageData::as_bf16).expect("the reference observes A");
+    let b = own(Stage::B).and_then(StageData::as_bf16).expect("the reference observes B");
+    if obs.contains_key(&Stage::B) {
+        let bad = a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .filter(|(i, (ai, bi))| bf16::from_f32(w.norm[i % s.h].to_f32() * ai.to_f32()) != **bi);
+        misses.push((Stage::B, bad.count()));
+    }
+    if !obs.contains_key(&Stage::B) {
+        return misses; // the operand was never rounded to bf16 (f32): no rounding point to hold C to
+    }
+    let (qw, kw) = (s.nq * s.d, s.nkv * s.d);
+    let mut c_misses = [0usize; 3];
+    for (t, row) in b.chunks_exact(s.h).enumerate() {
+        for (col, wrow) in w.qkv.chunks_exact(s.h).enumerate() {
+            let terms = row.iter().zip(wrow).map(|(bi, wi)| f64::from(bi.to_f32()) * f64::from(wi.to_f32()));
+            let (exact, magnitude) = terms.fold((0.0, 0.0), |(e, m), v| (e + v, m + v.abs()));
+            let slack = 2.0 * s.h as f64 * f64::from(f32::EPSILON / 2.0) * magnitude;
+            let (stage, i) = match col {
+                c if c < qw => (0, t * qw + c),
+                c if c < qw + kw => (1, t * kw + c - qw),
+                c => (2, t * kw + c - qw - kw),
+            };
+            let got = obs[&[Stage::Q, Stage::K, Stage::V][stage]].as_bf16().expect("q, k, v are bf16")[i];
+            let (lo, hi) = rounds_from(got);
+            c_misses[stage] += usize::from(!(lo <= exact + slack && exact - slack <= hi));
+        }
+    }
+    misses.extend([Stage::Q, Stage::K, Stage::V].into_iter().zip(c_misses));
+    misses
 }
 
 /// f32's q, k, v against the exact op, with the bound its contract sets.
@@ -168,11 +315,15 @@ proptest! {
     #![proptest_config(config(64))]
 
     #[test]
-    fn on_any_shape_hf_variants_meet_their_contracts_and_f32_beats_pytorch_at_qkv(p in any_problem()) {
-        let judged = judge(&p);
+    fn on_any_shape_hf_variants_keep_hf_rounding_points_and_f32_beats_pytorch_at_qkv(p in any_problem()) {
+        let judged = judge(&p, registry::variants());
         prop_assert_eq!(judged.len(), 4);
+        // (Their bounds are not judged here: on rows of a few elements ULPs at the row's scale and
+        // ratios of two errors are not measurable; the next property judges them where they are.)
         for j in judged.iter().filter(|j| j.id != EntryId::F32) {
-            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.id, p, j.verdict);
+            // A, B, q, k, v: each element is what HF's rounding point makes of the entry's own inputs.
+            prop_assert_eq!(j.misses.len(), 5, "{} observes A and B", j.id);
+            prop_assert!(j.misses.iter().all(|&(_, n)| n == 0), "{} on {:?}: {:?}", j.id, p, j.misses);
         }
         let c = f32_stage_c(&judged);
         prop_assert_eq!(c.len(), 3);
@@ -194,12 +345,15 @@ proptest! {
     #![proptest_config(seeded(64))]
 
     #[test]
-    fn on_measurable_shapes_every_cpu_variant_meets_its_whole_contract(p in measurable_problem()) {
+    fn on_measurable_shapes_every_cpu_variant_meets_its_order_free_contract_and_mutants_miss_a_rounding_point(
+        p in measurable_problem()
+    ) {
         let s = p.shape;
         prop_assert!(s.nq * s.d >= 32 && s.nkv * s.d >= 32 && s.t * s.nq.min(s.nkv) * s.d >= 256 && s.t <= 9);
-        let judged = judge(&p);
+        let judged = judge(&p, registry::variants());
         for j in &judged {
-            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.id, p, j.verdict);
+            prop_assert!(j.order_free.passed(), "{} on {:?}: {:?}", j.id, p, j.order_free);
+            prop_assert!(j.misses.iter().all(|&(_, n)| n == 0), "{} on {:?}: {:?}", j.id, p, j.misses);
             // Not vacuous: every bounded stage was measured.
             for b in j.id.entry().contract().stages {
                 prop_assert!(j.reports.iter().any(|r| r.stage == b.stage), "{}: {} not measured", j.id, b.stage);
@@ -209,6 +363,12 @@ proptest! {
         // differing output is the closer one. (A ratio of exactly 1 would mean f32 had become HF.)
         for (stage, ratio, _, golden_err) in f32_stage_c(&judged) {
             prop_assert!(golden_err > 0.0 && ratio < 1.0, "f32 {}: error ratio {} on {:?}", stage, ratio, p);
+        }
+        // The rounding-point check can fail: the mutants that move a rounding point (or bias an
+        // output) miss it on every such problem.
+        let mutants = [EntryId::MutantRoundOnce, EntryId::MutantSkipWeight, EntryId::MutantUlpBias];
+        for j in judge(&p, mutants.iter().map(|id| id.entry())) {
+            prop_assert!(j.misses.iter().any(|&(_, n)| n > 0), "{} explained on {:?}", j.id, p);
         }
     }
 }
