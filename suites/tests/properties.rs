@@ -35,7 +35,7 @@
 //!     above), likely because the head norm is scale-invariant per head: the part of HF's
 //!     inherited A/B rounding error that lies along b (about 1/h of its energy) is normalised away
 //!     with the scale, so f32's advantage is smallest when h is small.
-//!   * the 4-ULP bound at q, k, v: ULPs are measured at the row's scale (RMS / 16), and a row of
+//!   * the 4-ULP bound at q, k, v: ULPs are measured at the row's scale (its RMS: harness::metrics), and a row of
 //!     4-16 elements (nkv * d) estimates that scale too poorly for outputs that cancel to ~0
 //!     (up to 19 ULPs at rows of 4; at rows of 32, 2 draws in ~80,000 reached 5).
 //!

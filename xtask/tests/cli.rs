@@ -252,3 +252,23 @@ fn results_name_the_commit_the_binary_was_built_from_wherever_it_runs() {
     assert!(recorded == ours || recorded == format!("{ours}-dirty"), "recorded {recorded}, built from {ours}");
     assert_ne!(recorded, theirs);
 }
+
+/// Every `cargo xtask <command>` README.md shows is a command the front door has.
+#[test]
+fn every_command_the_readme_shows_exists() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let listed = help(&["--help"]);
+    let shown: Vec<&str> = readme
+        .split("cargo xtask ")
+        .skip(1)
+        .filter_map(|rest| rest.split(|c: char| !(c.is_ascii_lowercase() || c == '-')).next())
+        .filter(|c| !c.is_empty() && !c.starts_with('-'))
+        .collect();
+    assert!(shown.contains(&"conform") && shown.contains(&"model-check"), "{shown:?}");
+    for c in shown {
+        assert!(
+            listed.lines().any(|l| l.trim_start().split_whitespace().next() == Some(c)),
+            "README.md shows `cargo xtask {c}`, which --help does not list"
+        );
+    }
+}
