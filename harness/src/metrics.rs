@@ -229,12 +229,54 @@ pub fn rel_l2(values: &StageData, truth: &[f64]) -> f64 {
     if den == 0.0 { if num == 0.0 { 0.0 } else { f64::INFINITY } } else { (num / den).sqrt() }
 }
 
+/// `v` rounded to the nearest bf16, ties to even. (`half`'s conversion from f64 drops the low 32
+/// bits of the mantissa first, which can round a value just above a tie down.)
+pub fn round_to_bf16(v: f64) -> half::bf16 {
+    let near = half::bf16::from_f32(v as f32);
+    if !v.is_finite() || !near.is_finite() {
+        return near;
+    }
+    let bits = near.to_bits();
+    let mut best = near;
+    for c in [bits.wrapping_sub(1), bits.wrapping_add(1)].map(half::bf16::from_bits) {
+        let (dc, db) = ((c.to_f64() - v).abs(), (best.to_f64() - v).abs());
+        if c.is_finite() && (dc < db || (dc == db && c.to_bits() & 1 == 0)) {
+            best = c;
+        }
+    }
+    best
+}
+
+/// Finite elements of `values` that are not `truth` rounded to bf16 (NaN/Inf positions are
+/// counted by the class comparison instead).
+pub fn rounding_misses(values: &[half::bf16], truth: &[f64]) -> usize {
+    values.iter().zip(truth).filter(|&(&v, &t)| v.is_finite() && t.is_finite() && v != round_to_bf16(t)).count()
+}
+
 /// candidate's error over the golden's error against the same truth (1.0 when both are exact).
 pub fn error_ratio(candidate_err: f64, golden_err: f64) -> f64 {
     match (candidate_err, golden_err) {
         (c, g) if g > 0.0 => c / g,
         (0.0, _) => 1.0,
         _ => f64::INFINITY,
+    }
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn rounds_to_nearest_even_where_half_truncates() {
+        // 1 + 2^-8 is the tie between 1 and 1 + 2^-7: to even (1). A hair above, it must go up;
+        // half's f64 conversion loses the hair (it sits below the 32 bits it keeps) and goes to 1.
+        let tie = 1.0 + 2f64.powi(-8);
+        assert_eq!(round_to_bf16(tie), bf16::ONE);
+        assert_eq!(round_to_bf16(tie + 2f64.powi(-40)).to_f64(), 1.0 + 2f64.powi(-7));
+        assert_eq!(bf16::from_f64(tie + 2f64.powi(-40)), bf16::ONE, "half's conversion changed: simplify");
+        assert_eq!(round_to_bf16(-3.0), bf16::from_f32(-3.0));
+        assert_eq!(rounding_misses(&[bf16::ONE, bf16::ONE, bf16::NAN], &[1.0, 1.02, 1.0]), 1);
     }
 }
 

@@ -35,6 +35,10 @@ pub struct StageReport {
     /// Candidate's error over PyTorch's against each truth.
     pub error_ratio_ideal: f64,
     pub error_ratio_operands: f64,
+    /// Elements that are not the bf16 rounding of the bound's truth (where the bound judges the
+    /// rounding point element by element).
+    #[serde(default)]
+    pub rounding_misses: Option<usize>,
     pub bound: Option<StageBound>,
 }
 
@@ -75,7 +79,7 @@ fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String>
             list(s, shape, &c.first_class_mismatch)
         ));
     }
-    if let Some(max_ulp) = bound.max_ulp.map(u64::from)
+    if let Some(max_ulp) = bound.max_ulp_on(shape)
         && c.max_scaled_ulp > max_ulp
     {
         why.push(format!(
@@ -92,15 +96,23 @@ fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String>
             list(s, shape, &c.worst.iter().map(|w| w.0).collect::<Vec<_>>())
         ));
     }
-    if let Some(max) = bound.max_error_ratio {
+    let truth_name = |t: Truth| match t {
+        Truth::IdealMath => "ideal",
+        Truth::GoldenOperands => "golden-operand",
+    };
+    if let Some(max) = bound.max_ratio_over(s.len(shape)) {
         let ratio = report.error_ratio(bound.truth);
         if ratio.is_nan() || ratio > max {
+            why.push(format!("{s}: error ratio to {} truth {ratio:.3} > {max:.3}", truth_name(bound.truth)));
+        }
+    }
+    if let (Some(r), Some(misses)) = (bound.rounded_from, report.rounding_misses) {
+        let allowed = r.allowed(s.len(shape));
+        if misses > allowed {
             why.push(format!(
-                "{s}: error ratio to {} truth {ratio:.3} > {max}",
-                match bound.truth {
-                    Truth::IdealMath => "ideal",
-                    Truth::GoldenOperands => "golden-operand",
-                }
+                "{s}: {misses} of {} elements are not the {} truth rounded to bf16 (rounding point; allowed {allowed})",
+                s.len(shape),
+                truth_name(r.truth)
             ));
         }
     }
@@ -136,6 +148,10 @@ pub fn evaluate(
         let err = |truth: Truth, data| truths.get(truth, stage).map_or(f64::NAN, |t| metrics::rel_l2(data, t));
         let (ci, gi) = (err(Truth::IdealMath, cand), err(Truth::IdealMath, gold));
         let (co, go) = (err(Truth::GoldenOperands, cand), err(Truth::GoldenOperands, gold));
+        let rounding_misses = match (bound.and_then(|b| b.rounded_from), cand.as_bf16()) {
+            (Some(r), Some(values)) => truths.get(r.truth, stage).map(|t| metrics::rounding_misses(values, t)),
+            _ => None,
+        };
         let report = StageReport {
             stage,
             comparison,
@@ -145,6 +161,7 @@ pub fn evaluate(
             rel_l2_golden_operands: go,
             error_ratio_ideal: metrics::error_ratio(ci, gi),
             error_ratio_operands: metrics::error_ratio(co, go),
+            rounding_misses,
             bound,
         };
         if let Some(b) = &bound {

@@ -10,6 +10,6 @@ pub mod registry;
 pub mod synth;
 
 pub use backend::{Backend, BackendError, BackendId, Layer, PreparedOp, run_once};
-pub use contract::{Contract, ModelContract, StageBound, Truth};
+pub use contract::{Contract, ModelContract, RoundedFrom, StageBound, Truth};
 pub use op::{Dims, Observed, OpInputs, Shape, Stage, StageData, Weights};
 pub use registry::{Entry, EntryId};

@@ -133,6 +133,16 @@ impl Stage {
         }
     }
 
+    /// Length of the longest reduction that feeds the stage: the sum of squares over H (inv_rms,
+    /// and through it A and B), the dot products over H (q, k, v), the head norms over D. Error
+    /// bounds that come from an fp32 reduction scale with it.
+    pub fn reduction_len(self, s: &Shape) -> usize {
+        match self {
+            Stage::InvRms | Stage::A | Stage::B | Stage::Q | Stage::K | Stage::V => s.h,
+            Stage::QNormed | Stage::KNormed => s.d,
+        }
+    }
+
     /// Dimensions as stored in golden files.
     pub fn dims(self, s: &Shape) -> Vec<usize> {
         match self {

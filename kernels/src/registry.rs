@@ -4,7 +4,7 @@
 //! (how a mutant breaks), the CUDA implementation that runs it on a GPU, and the contract it is
 //! judged by. Mutants are judged by the contract of the variant they impersonate and must FAIL it.
 
-use crate::contract::{Contract, ModelContract, StageBound, Truth};
+use crate::contract::{Contract, ModelContract, RoundedFrom, StageBound, Truth};
 use crate::op::Stage;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -25,6 +25,9 @@ pub enum EntryId {
     MutantBf16Accumulate,
     MutantBatchVariant,
     MutantRunVariant,
+    MutantF32RoundOnce,
+    MutantF32Bias,
+    MutantF32HfNumerics,
 }
 
 impl EntryId {
@@ -174,6 +177,16 @@ impl Entry {
     }
 }
 
+// inv_rms: two fp32 sums of squares over the same H terms in different orders differ by
+// O(sqrt(H)) ulp, so the bound is 4 + sqrt(H)/2 fp32 ulps (H = 1024: 20; H = 8192: 50). Measured
+// (numpy, fp32 orders against the exact sum, thousands of normal and t(2) heavy-tailed rows per
+// H; NOTES: "inv_rms error model"): a 256-thread block reduction (the GPU's) and pairwise summation
+// stay within 3 ulp of exact at every H up to 16384; 8 interleaved lanes (the CPU emulation's
+// order) reach 4, 12, 16, 37 ulp at H = 1024, 4096, 8192, 16384, i.e. ~0.28 sqrt(H), and a single
+// sequential sum ~0.77 sqrt(H). A fixed 8 failed every honest CPU variant above H ~ 5000.
+// Ratios of two errors over n elements scatter by ~1/sqrt(n) (tokens share a row's rounding, so
+// less on few tokens): each ratio bound gets allowance / sqrt(n) on top.
+//
 // HF rounding points: A and B bit-exact to PyTorch except rare 1-ulp flips from fp32 reduction
 // order and rsqrt implementation (NUMERICS.md: well under 0.01%); C within GEMM
 // accumulation-order noise (~0.06% of outputs at K=1024 against cuBLAS; 0.05-0.18% measured on
@@ -181,27 +194,46 @@ impl Entry {
 // own operands. The head norms round twice more, so an inherited 1-ulp difference in q or k may
 // become 3 ulps there (measured: 3, on a row whose A had a reduction-order flip).
 const HF_STAGES: &[StageBound] = &[
-    StageBound::matches_hf(Stage::InvRms, 8, 0.0),
+    StageBound::matches_hf(Stage::InvRms, 4, 0.0).growing_with_sqrt_len(0.5),
     StageBound::matches_hf(Stage::A, 1, 0.9999),
     StageBound::matches_hf(Stage::B, 1, 0.9999),
-    StageBound::matches_hf(Stage::Q, 1, 0.995).with_error_ratio(1.05, Truth::GoldenOperands),
-    StageBound::matches_hf(Stage::K, 1, 0.995).with_error_ratio(1.05, Truth::GoldenOperands),
-    StageBound::matches_hf(Stage::V, 1, 0.995).with_error_ratio(1.05, Truth::GoldenOperands),
-    StageBound::matches_hf(Stage::QNormed, 3, 0.99).with_error_ratio(1.10, Truth::GoldenOperands),
-    StageBound::matches_hf(Stage::KNormed, 3, 0.99).with_error_ratio(1.10, Truth::GoldenOperands),
+    StageBound::matches_hf(Stage::Q, 1, 0.995).with_error_ratio(1.05, Truth::GoldenOperands).with_ratio_allowance(1.0),
+    StageBound::matches_hf(Stage::K, 1, 0.995).with_error_ratio(1.05, Truth::GoldenOperands).with_ratio_allowance(1.0),
+    StageBound::matches_hf(Stage::V, 1, 0.995).with_error_ratio(1.05, Truth::GoldenOperands).with_ratio_allowance(1.0),
+    StageBound::matches_hf(Stage::QNormed, 3, 0.99)
+        .with_error_ratio(1.10, Truth::GoldenOperands)
+        .with_ratio_allowance(1.0),
+    StageBound::matches_hf(Stage::KNormed, 3, 0.99)
+        .with_error_ratio(1.10, Truth::GoldenOperands)
+        .with_ratio_allowance(1.0),
 ];
 
 // fp32 throughout: not bitwise HF (one rounding instead of three: ~50% of C differs), but at
 // least as accurate as PyTorch against the exact op (measured ratio 0.56-0.72). Its distance to HF
 // at C is HF's own A/B rounding (measured max 3 row-scale ULPs). After the head norms that
 // distance is HF's error amplified by outlier q/k_norm weights, so only accuracy is promised there.
+// Its one rounding point is the output: q, k, v are the exact op rounded to bf16 but for near
+// ties (measured on the CPU emulation over random shapes H 8-8192: at most 0.26% of the outputs
+// miss, 0.78% at 128 outputs; HF's numerics miss 35-65%, a round-once kernel 30-46%), so at
+// most 0.5% + 4 may miss. The accuracy ratios scatter widely on tiny shapes (q_normed up to 3.0 at
+// 8 elements, measured over 400 draws): allowance 6 / sqrt(n).
+const F32_ROUNDING: RoundedFrom = RoundedFrom { truth: Truth::IdealMath, share: 0.005, count: 4 };
 const F32_STAGES: &[StageBound] = &[
-    StageBound::matches_hf(Stage::InvRms, 8, 0.0),
-    StageBound::matches_hf(Stage::Q, 4, 0.0).with_error_ratio(1.0, Truth::IdealMath),
-    StageBound::matches_hf(Stage::K, 4, 0.0).with_error_ratio(1.0, Truth::IdealMath),
-    StageBound::matches_hf(Stage::V, 4, 0.0).with_error_ratio(1.0, Truth::IdealMath),
-    StageBound::at_least_as_accurate(Stage::QNormed, 1.0, Truth::IdealMath),
-    StageBound::at_least_as_accurate(Stage::KNormed, 1.0, Truth::IdealMath),
+    StageBound::matches_hf(Stage::InvRms, 4, 0.0).growing_with_sqrt_len(0.5),
+    StageBound::matches_hf(Stage::Q, 4, 0.0)
+        .with_error_ratio(1.0, Truth::IdealMath)
+        .with_ratio_allowance(6.0)
+        .rounded_from(F32_ROUNDING),
+    StageBound::matches_hf(Stage::K, 4, 0.0)
+        .with_error_ratio(1.0, Truth::IdealMath)
+        .with_ratio_allowance(6.0)
+        .rounded_from(F32_ROUNDING),
+    StageBound::matches_hf(Stage::V, 4, 0.0)
+        .with_error_ratio(1.0, Truth::IdealMath)
+        .with_ratio_allowance(6.0)
+        .rounded_from(F32_ROUNDING),
+    StageBound::at_least_as_accurate(Stage::QNormed, 1.0, Truth::IdealMath).with_ratio_allowance(6.0),
+    StageBound::at_least_as_accurate(Stage::KNormed, 1.0, Truth::IdealMath).with_ratio_allowance(6.0),
 ];
 
 // Inside a model every variant is held to HF's own noise: its deviation from HF's reference may be
@@ -340,6 +372,36 @@ static REGISTRY: &[Entry] = &[
         role: Role::Mutant { of: EntryId::Exact },
         numerics: Numerics::HF,
         fault: Some(Fault::RunVariantOrder),
+        cuda: CudaImpl::None,
+        contract: None,
+    },
+    Entry {
+        id: EntryId::MutantF32RoundOnce,
+        name: "mutant-f32-round-once",
+        summary: "claims fp32 throughout but rounds the normalised operand to bf16 once before the GEMM",
+        role: Role::Mutant { of: EntryId::F32 },
+        numerics: Numerics { norm: NormRounding::OnceAfterWeight, accumulate: Accumulate::F32 },
+        fault: None,
+        cuda: CudaImpl::None,
+        contract: None,
+    },
+    Entry {
+        id: EntryId::MutantF32Bias,
+        name: "mutant-f32-bias",
+        summary: "fp32 throughout, but +1 ulp on one output in 8: within f32's 4-ulp distance to HF",
+        role: Role::Mutant { of: EntryId::F32 },
+        numerics: Numerics::F32,
+        fault: Some(Fault::UlpBias { every: 8 }),
+        cuda: CudaImpl::None,
+        contract: None,
+    },
+    Entry {
+        id: EntryId::MutantF32HfNumerics,
+        name: "mutant-f32-hf-numerics",
+        summary: "HF's numerics (two bf16 roundings) posing as fp32 throughout: as accurate as PyTorch, not more",
+        role: Role::Mutant { of: EntryId::F32 },
+        numerics: Numerics::HF,
+        fault: None,
         cuda: CudaImpl::None,
         contract: None,
     },

@@ -169,8 +169,8 @@ fn the_unwritten_mutant_is_caught_by_the_nan_position_rule_and_only_there() {
     let q = reports.iter().find(|r| r.stage == Stage::Q).unwrap();
     let bound = contract.bound(Stage::Q).unwrap();
     assert!(q.comparison.bit_exact_fraction() >= bound.min_bit_exact, "{:?}", q.comparison);
-    assert!(q.comparison.max_scaled_ulp <= u64::from(bound.max_ulp.unwrap()));
-    assert!(q.error_ratio(bound.truth) <= bound.max_error_ratio.unwrap());
+    assert!(q.comparison.max_scaled_ulp <= bound.max_ulp_on(&case.shape).unwrap());
+    assert!(q.error_ratio(bound.truth) <= bound.max_ratio_over(Stage::Q.len(&case.shape)).unwrap());
     // Every reason is about q or the q_norm head it poisons, never another stage.
     assert!(reasons.iter().all(|r| r.starts_with("q:") || r.starts_with("q_normed:")), "{reasons:?}");
 }

@@ -63,14 +63,26 @@ fn render_contract(out: &mut String, c: &Contract) {
     let _ = writeln!(out, "contract: deterministic {}, batch-invariant {}", c.deterministic, c.batch_invariant);
     for b in c.stages {
         let mut parts = Vec::new();
-        if let Some(u) = b.max_ulp {
-            parts.push(format!("max ulp {u}"));
+        match (b.max_ulp, b.ulp_per_sqrt_len) {
+            (Some(u), 0.0) => parts.push(format!("max ulp {u}")),
+            (Some(u), per) => parts.push(format!("max ulp {u} + {per} sqrt(reduction length)")),
+            (None, _) => {}
         }
         if b.min_bit_exact > 0.0 {
             parts.push(format!("bit-exact >= {}", b.min_bit_exact));
         }
         if let Some(r) = b.max_error_ratio {
-            parts.push(format!("error ratio <= {r} ({} truth)", truth_name(b.truth)));
+            let allowance =
+                if b.ratio_allowance > 0.0 { format!(" + {} / sqrt(n)", b.ratio_allowance) } else { String::new() };
+            parts.push(format!("error ratio <= {r}{allowance} ({} truth)", truth_name(b.truth)));
+        }
+        if let Some(r) = b.rounded_from {
+            parts.push(format!(
+                "the {} truth rounded to bf16 but for {}% + {}",
+                truth_name(r.truth),
+                100.0 * r.share,
+                r.count
+            ));
         }
         let _ = writeln!(out, "  {:<9} {}", b.stage.to_string(), parts.join(", "));
     }
