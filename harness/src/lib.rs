@@ -6,6 +6,7 @@ pub mod backends;
 pub mod conform;
 pub mod invariance;
 pub mod metrics;
+pub mod own_inputs;
 pub mod results;
 pub mod suite;
 pub mod trials;

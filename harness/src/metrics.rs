@@ -247,6 +247,40 @@ pub fn round_to_bf16(v: f64) -> half::bf16 {
     best
 }
 
+/// The reals that round to the finite `v` (to nearest; both ends included): half-way to each
+/// neighbour.
+pub fn rounds_from(v: half::bf16) -> (f64, f64) {
+    let bits = v.to_bits();
+    let toward = |up: bool| {
+        let b = match (bits & 0x8000 == 0, bits & 0x7fff == 0) {
+            (_, true) => {
+                if up {
+                    0x0001
+                } else {
+                    0x8001
+                }
+            }
+            (true, false) => {
+                if up {
+                    bits + 1
+                } else {
+                    bits - 1
+                }
+            }
+            (false, false) => {
+                if up {
+                    bits - 1
+                } else {
+                    bits + 1
+                }
+            }
+        };
+        half::bf16::from_bits(b).to_f64()
+    };
+    let g = v.to_f64();
+    ((g + toward(false)) / 2.0, (g + toward(true)) / 2.0)
+}
+
 /// Finite elements of `values` that are not `truth` rounded to bf16 (NaN/Inf positions are
 /// counted by the class comparison instead).
 pub fn rounding_misses(values: &[half::bf16], truth: &[f64]) -> usize {
@@ -277,6 +311,10 @@ mod rounding_tests {
         assert_eq!(bf16::from_f64(tie + 2f64.powi(-40)), bf16::ONE, "half's conversion changed: simplify");
         assert_eq!(round_to_bf16(-3.0), bf16::from_f32(-3.0));
         assert_eq!(rounding_misses(&[bf16::ONE, bf16::ONE, bf16::NAN], &[1.0, 1.02, 1.0]), 1);
+        // 1's neighbours are 1 - 2^-8 and 1 + 2^-7: it takes the reals half-way to each.
+        assert_eq!(rounds_from(bf16::ONE), (1.0 - 2f64.powi(-9), 1.0 + 2f64.powi(-8)));
+        let (lo, hi) = rounds_from(bf16::from_f32(-0.0));
+        assert!(lo < 0.0 && hi > 0.0 && hi == -lo);
     }
 }
 

@@ -200,7 +200,7 @@ impl Suite {
             add_head_norms(&mut emulated, &p.shape, p.eps, &p.weights);
             report.agreement_with_cpu = agreement(&observed, &emulated, &p.shape);
         }
-        let (verdict, stages) = verdict::evaluate(&contract, &observed, &p.reference, &p.truths, &p.shape);
+        let (verdict, stages) = verdict::evaluate(&contract, &observed, &p.reference, &p.truths, &inputs);
         report.stages = stages;
         Ok(verdict)
     }

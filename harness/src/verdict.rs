@@ -3,7 +3,7 @@
 
 use crate::metrics::{self, Comparison};
 use crate::truth::Truths;
-use fusegate_kernels::{Contract, Observed, Shape, Stage, StageBound, Truth};
+use fusegate_kernels::{Contract, Observed, OpInputs, Shape, Stage, StageBound, Truth};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,6 +39,11 @@ pub struct StageReport {
     /// rounding point element by element).
     #[serde(default)]
     pub rounding_misses: Option<usize>,
+    /// The conditional view (`own_inputs`): elements HF's rounding point, applied to the
+    /// candidate's own upstream values, does not explain. `None` where the candidate did not
+    /// observe what the stage is computed from (judged end to end only).
+    #[serde(default)]
+    pub own_input_misses: Option<usize>,
     pub bound: Option<StageBound>,
 }
 
@@ -88,13 +93,22 @@ fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String>
             list(s, shape, &c.offenders_over(max_ulp))
         ));
     }
-    if c.bit_exact_fraction() < bound.min_bit_exact {
-        why.push(format!(
+    // Bit-exactness measures where the rounding points are. Where the candidate's own inputs to
+    // the stage are known it is judged there, exactly (an honest rounding point never misses);
+    // end to end, against the golden, only where they are not.
+    match report.own_input_misses {
+        Some(misses) if bound.min_bit_exact > 0.0 && misses > 0 => why.push(format!(
+            "{s} (own inputs): {misses} of {} elements are not HF's rounding point applied to the candidate's own inputs",
+            s.len(shape)
+        )),
+        Some(_) if bound.min_bit_exact > 0.0 => {}
+        _ if c.bit_exact_fraction() < bound.min_bit_exact => why.push(format!(
             "{s}: bit-exact {:.4}% < {:.4}% (worst at {})",
             100.0 * c.bit_exact_fraction(),
             100.0 * bound.min_bit_exact,
             list(s, shape, &c.worst.iter().map(|w| w.0).collect::<Vec<_>>())
-        ));
+        )),
+        _ => {}
     }
     let truth_name = |t: Truth| match t {
         Truth::IdealMath => "ideal",
@@ -119,7 +133,9 @@ fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String>
     why
 }
 
-/// Measures every stage the candidate observed and judges the bounded ones.
+/// Measures every stage the candidate observed and judges the bounded ones, end to end against
+/// the golden and, where the candidate's own inputs to a stage are known, conditionally
+/// (`own_inputs`).
 ///
 /// Stage C (q, k, v) and the head norms must be present; an unobserved intermediate stage (A, B
 /// or inv_rms inside a fused kernel) is not judged.
@@ -128,8 +144,10 @@ pub fn evaluate(
     candidate: &Observed,
     golden: &Observed,
     truths: &Truths,
-    shape: &Shape,
+    inputs: &OpInputs,
 ) -> (Verdict, Vec<StageReport>) {
+    let shape = &inputs.shape;
+    let own = crate::own_inputs::misses(inputs, candidate);
     let mut reasons = Vec::new();
     let mut reports = Vec::new();
     for stage in Stage::ALL {
@@ -162,6 +180,7 @@ pub fn evaluate(
             error_ratio_ideal: metrics::error_ratio(ci, gi),
             error_ratio_operands: metrics::error_ratio(co, go),
             rounding_misses,
+            own_input_misses: own.get(&stage).copied(),
             bound,
         };
         if let Some(b) = &bound {

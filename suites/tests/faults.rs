@@ -124,7 +124,7 @@ fn every_variant_reproduces_pytorchs_nan_and_inf_positions_stage_by_stage() {
             assert!(wrong.is_empty(), "{} {stage}: class differs from PyTorch at {wrong:?}", entry.name);
         }
         // The harness's own metric agrees: no stage reports a NaN/Inf mismatch.
-        let (_, reports) = verdict::evaluate(&entry.contract(), &obs, &case.reference, &truths, &case.shape);
+        let (_, reports) = verdict::evaluate(&entry.contract(), &obs, &case.reference, &truths, &case.inputs());
         assert_eq!(reports.len(), obs.len(), "{}", entry.name);
         for r in &reports {
             assert_eq!(r.comparison.class_mismatches, 0, "{} {}", entry.name, r.stage);
@@ -159,7 +159,7 @@ fn the_unwritten_mutant_is_caught_by_the_nan_position_rule_and_only_there() {
     }
 
     let contract = EntryId::MutantUnwritten.entry().contract();
-    let (verdict, reports) = verdict::evaluate(&contract, &mutant, &case.reference, &truths, &case.shape);
+    let (verdict, reports) = verdict::evaluate(&contract, &mutant, &case.reference, &truths, &case.inputs());
     let Verdict::Fail { reasons } = verdict else { panic!("{} accepted on {NONFINITE}", EntryId::MutantUnwritten) };
     let on_q: Vec<&String> = reasons.iter().filter(|r| r.starts_with("q:")).collect();
     assert_eq!(on_q.len(), 1, "{reasons:?}");
