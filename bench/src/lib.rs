@@ -7,6 +7,7 @@
 pub mod compare;
 pub mod e2e;
 pub mod gpu;
+pub mod noise;
 pub mod nvml;
 pub mod report;
 pub mod roofline;

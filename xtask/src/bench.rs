@@ -3,6 +3,7 @@
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
 use fusegate_bench::compare;
+use fusegate_bench::noise::NoiseThreshold;
 use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
 use fusegate_bench::schema::{BenchRun, Cache, Launch};
 use fusegate_bench::stats::StopRule;
@@ -38,7 +39,7 @@ pub struct Args {
     /// The PyTorch baseline script (default: bench/scripts/torch_baseline.py).
     #[arg(long, value_name = "PATH")]
     torch_script: Option<PathBuf>,
-    /// Compare with an earlier bench JSON: SAME / FASTER / SLOWER per (variant, T, cache).
+    /// Compare with an earlier bench JSON: Same / Faster / Slower per (variant, T, cache, launch).
     #[arg(long, value_name = "PATH")]
     compare: Option<PathBuf>,
     /// With --compare: compare this bench JSON instead of running a new benchmark.
@@ -47,6 +48,10 @@ pub struct Args {
     /// Compare even when the two runs' fingerprints (GPU, driver, CUDA, cuBLAS) differ.
     #[arg(long)]
     force: bool,
+    /// Run-to-run noise in percent, for --compare and the criterion pass: a smaller move of the
+    /// median is Same. Default: measured on the committed H200 runs (2% cold, 11% hot L2).
+    #[arg(long, value_name = "PCT")]
+    noise: Option<f64>,
     #[arg(long, default_value_t = 0x0f05_e6a7)]
     seed: u64,
 }
@@ -62,8 +67,12 @@ fn default_script() -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let noise = match a.noise {
+        Some(pct) => NoiseThreshold::from_percent(pct).map_err(|e| anyhow::anyhow!("--noise {e}"))?,
+        None => NoiseThreshold::default(),
+    };
     if let (Some(old), Some(new)) = (&a.compare, &a.with) {
-        return print_compare(&load_bench(old)?, &load_bench(new)?, a.force);
+        return print_compare(&load_bench(old)?, &load_bench(new)?, a.force, &noise);
     }
     if a.tokens.contains(&0) {
         bail!("--tokens: T = 0 is not a shape (every token count must be >= 1)");
@@ -109,7 +118,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     write_report(&run, None, &opts.results_dir)?;
     let bad = run.measurements.iter().filter(|m| !m.usable()).count();
     if let Some(old) = &a.compare {
-        print_compare(&load_bench(old)?, &run, a.force)?;
+        print_compare(&load_bench(old)?, &run, a.force, &noise)?;
     }
     if bad > 0 {
         eprintln!(
@@ -120,9 +129,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_compare(old: &BenchRun, new: &BenchRun, force: bool) -> anyhow::Result<ExitCode> {
-    let rows = compare::compare(old, new, force).map_err(|e| anyhow::anyhow!("--compare: {e}"))?;
+fn print_compare(old: &BenchRun, new: &BenchRun, force: bool, noise: &NoiseThreshold) -> anyhow::Result<ExitCode> {
+    let rows = compare::compare(old, new, force, noise).map_err(|e| anyhow::anyhow!("--compare: {e}"))?;
     print!("{}", compare::table(&rows));
+    let [same, faster, slower] = compare::counts(&rows);
+    println!(
+        "{same} Same, {faster} Faster, {slower} Slower (noise: {:.1}% cold, {:.1}% hot; {})",
+        100.0 * noise.cold,
+        100.0 * noise.hot,
+        noise.provenance
+    );
     Ok(ExitCode::SUCCESS)
 }
 
