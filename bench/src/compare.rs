@@ -56,10 +56,13 @@ pub fn compare(before: &BenchRun, after: &BenchRun, force: bool, noise: &NoiseTh
         .collect())
 }
 
-/// How many rows are Same, Faster, Slower.
-pub fn counts(rows: &[Row]) -> [usize; 3] {
-    let n = |c: Change| rows.iter().filter(|r| r.change == c).count();
-    [n(Change::Same), n(Change::Faster), n(Change::Slower)]
+/// How many are Same, Faster, Slower.
+pub fn counts(changes: impl IntoIterator<Item = Change>) -> [usize; 3] {
+    let mut n = [0; 3];
+    for c in changes {
+        n[c as usize] += 1;
+    }
+    n
 }
 
 pub fn table(rows: &[Row]) -> String {
@@ -193,9 +196,9 @@ mod tests {
         let (before, after) = (load("20261122T014010Z"), load("20261122T015224Z"));
         assert_eq!((&before.git_commit[..7], &after.git_commit[..7]), ("6b251cb", "4c26627"));
         let by_ci = compare(&before, &after, false, &NoiseThreshold::from_percent(0.0).unwrap()).unwrap();
-        assert_eq!(counts(&by_ci), [27, 7, 34]);
+        assert_eq!(counts(by_ci.iter().map(|r| r.change)), [27, 7, 34]);
         let rows = compare(&before, &after, false, &NoiseThreshold::default()).unwrap();
-        assert_eq!(counts(&rows), [67, 1, 0]);
+        assert_eq!(counts(rows.iter().map(|r| r.change)), [67, 1, 0]);
         let moved: Vec<_> =
             rows.iter().filter(|r| r.change != Change::Same).map(|r| (r.variant, r.t, r.cache, r.launch)).collect();
         assert_eq!(moved, [(EntryId::Exact, 32, Cache::Cold, Launch::Chained)]);

@@ -56,6 +56,12 @@ impl NoiseThreshold {
     }
 }
 
+impl std::fmt::Display for NoiseThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "noise {:.1}% cold, {:.1}% hot L2: {}", 100.0 * self.cold, 100.0 * self.hot, self.provenance)
+    }
+}
+
 impl Default for NoiseThreshold {
     fn default() -> Self {
         NoiseThreshold::h200_measured()
@@ -117,6 +123,7 @@ mod tests {
         assert_eq!((t.cold, t.hot), ((cold * 100.0).ceil() / 100.0, (hot * 100.0).ceil() / 100.0));
         assert!((cold - 0.0195).abs() < 5e-5 && (hot - 0.1086).abs() < 5e-5, "{cold} {hot}");
         assert_eq!((t.for_cache(Cache::Cold), t.for_cache(Cache::Hot)), (0.02, 0.11));
+        assert!(t.to_string().starts_with("noise 2.0% cold, 11.0% hot L2: run-to-run"), "{t}");
     }
 
     #[test]

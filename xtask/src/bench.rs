@@ -2,15 +2,18 @@
 
 use crate::conform::results_dir;
 use anyhow::{Context, bail};
-use fusegate_bench::compare;
+use fusegate_bench::criterion_gpu::{self, Baseline};
 use fusegate_bench::noise::NoiseThreshold;
-use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
+use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Event, Options};
 use fusegate_bench::schema::{BenchRun, Cache, Launch};
 use fusegate_bench::stats::StopRule;
+use fusegate_bench::{compare, criterion_summary};
 use fusegate_bench::{report, select};
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::cuda::Cuda;
 use fusegate_kernels::registry::{self, CudaImpl};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -50,8 +53,16 @@ pub struct Args {
     force: bool,
     /// Run-to-run noise in percent, for --compare and the criterion pass: a smaller move of the
     /// median is Same. Default: measured on the committed H200 runs (2% cold, 11% hot L2).
-    #[arg(long, value_name = "PCT")]
+    #[arg(long, value_name = "PCT", allow_negative_numbers = true)]
     noise: Option<f64>,
+    /// Instead of the JSON bench: a criterion pass over the same matrix (the same graph replays,
+    /// CUDA-event time) saved as criterion baseline NAME in results/<gpu>/criterion/.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["criterion_baseline", "compare"])]
+    criterion_save: Option<String>,
+    /// Instead of the JSON bench: a criterion pass compared with saved baseline NAME (kept as it
+    /// is); prints Same / Faster / Slower per benchmark. A Slower row does not fail the command.
+    #[arg(long, value_name = "NAME", conflicts_with = "compare")]
+    criterion_baseline: Option<String>,
     #[arg(long, default_value_t = 0x0f05_e6a7)]
     seed: u64,
 }
@@ -73,6 +84,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     if let (Some(old), Some(new)) = (&a.compare, &a.with) {
         return print_compare(&load_bench(old)?, &load_bench(new)?, a.force, &noise);
+    }
+    let criterion = match (a.criterion_save.clone(), a.criterion_baseline.clone()) {
+        (Some(name), _) => Some((Baseline::Save(name), "--criterion-save")),
+        (_, Some(name)) => Some((Baseline::Compare(name), "--criterion-baseline")),
+        _ => None,
+    };
+    if let Some((baseline, flag)) = &criterion {
+        Baseline::check_name(baseline.name()).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
     }
     if a.tokens.contains(&0) {
         bail!("--tokens: T = 0 is not a shape (every token count must be >= 1)");
@@ -112,7 +131,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         torch_script: (!a.no_torch).then(|| a.torch_script.unwrap_or_else(default_script)),
         results_dir: results_dir(),
     };
-    let run = bench_run::run(&cuda, &opts, |line| println!("{line}")).map_err(|e| anyhow::anyhow!("bench: {e}"))?;
+    if let Some((baseline, _)) = &criterion {
+        return criterion_pass(&cuda, &opts, baseline, &noise);
+    }
+    let bar = Bar::new(bench_run::plan(&cuda, &opts).len());
+    let run = bench_run::run(&cuda, &opts, |event| bar.event(event));
+    bar.finish();
+    let run = run.map_err(|e| anyhow::anyhow!("bench: {e}"))?;
     let path = bench_run::save(&run, &opts.results_dir).context("writing bench results")?;
     println!("results: {}", path.display());
     write_report(&run, None, &opts.results_dir)?;
@@ -129,16 +154,65 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A bar over the measurement matrix on a terminal with each line printed above it; elsewhere
+/// the lines alone (indicatif prints nothing through a hidden bar).
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new(measurements: usize) -> Bar {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let style = ProgressStyle::with_template("bench [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            ProgressBar::new(measurements as u64).with_style(style)
+        });
+        Bar(bar)
+    }
+
+    fn event(&self, event: Event) {
+        let line = match event {
+            Event::Note(line) | Event::Measured { line, .. } => line,
+        };
+        match &self.0 {
+            Some(bar) => {
+                bar.println(line);
+                if let Event::Measured { done, .. } = event {
+                    bar.set_position(done as u64);
+                }
+            }
+            None => println!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `--criterion-save` / `--criterion-baseline`: the criterion pass instead of the JSON bench.
+fn criterion_pass(
+    cuda: &Cuda,
+    opts: &Options,
+    baseline: &Baseline,
+    noise: &NoiseThreshold,
+) -> anyhow::Result<ExitCode> {
+    let pass = criterion_gpu::pass(cuda, opts, baseline, noise, &|line| println!("{line}"))
+        .map_err(|e| anyhow::anyhow!("bench (criterion): {e}"))?;
+    println!("criterion: {} (baseline {:?})", pass.out.display(), baseline.name());
+    if let Some(rows) = &pass.summary {
+        print!("{}", criterion_summary::table(rows));
+        let [same, faster, slower] = compare::counts(rows.iter().map(|r| r.change));
+        println!("{same} Same, {faster} Faster, {slower} Slower against baseline {:?} ({noise})", baseline.name());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_compare(old: &BenchRun, new: &BenchRun, force: bool, noise: &NoiseThreshold) -> anyhow::Result<ExitCode> {
     let rows = compare::compare(old, new, force, noise).map_err(|e| anyhow::anyhow!("--compare: {e}"))?;
     print!("{}", compare::table(&rows));
-    let [same, faster, slower] = compare::counts(&rows);
-    println!(
-        "{same} Same, {faster} Faster, {slower} Slower (noise: {:.1}% cold, {:.1}% hot; {})",
-        100.0 * noise.cold,
-        100.0 * noise.hot,
-        noise.provenance
-    );
+    let [same, faster, slower] = compare::counts(rows.iter().map(|r| r.change));
+    println!("{same} Same, {faster} Faster, {slower} Slower ({noise})");
     Ok(ExitCode::SUCCESS)
 }
 
