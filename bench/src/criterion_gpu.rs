@@ -9,12 +9,12 @@
 use crate::criterion_summary::{self, SummaryError};
 use crate::gpu::{Replay, Sampler};
 use crate::noise::NoiseThreshold;
-use crate::run::{self, Job, Options};
+use crate::run::{self, Job, Options, Session};
 use crate::schema::{Cache, Launch};
 use criterion::{BenchmarkId, Criterion};
 use fusegate_kernels::cuda::Cuda;
 use fusegate_kernels::{BackendError, Dims, Entry, Shape, Weights, synth};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What a pass does with criterion's baselines (saved under `<out>/<benchmark>/<name>/`).
@@ -77,8 +77,7 @@ pub fn pass(
 ) -> Result<Pass, PassError> {
     let session = run::session(cuda, opts, progress)?;
     let out = opts.results_dir.join(session.fingerprint.gpu_slug()).join("criterion");
-    let plan = run::plan(cuda, opts);
-    let benches = benchmarks(&plan, noise);
+    let benches = benchmarks(&run::plan(cuda, opts), noise);
     if let Baseline::Compare(name) = baseline {
         for (id, _) in &benches {
             if !out.join(id).join(name).join("sample.json").is_file() {
@@ -90,13 +89,12 @@ pub fn pass(
             }
         }
     }
-    let c = configure(Criterion::default(), &out, noise).with_output_color(false);
+    let c = settings(Criterion::default(), noise).output_directory(&out).with_output_color(false);
     let mut c = match baseline {
         Baseline::Save(name) => c.save_baseline(name.clone()),
         Baseline::Compare(name) => c.retain_baseline(name.clone(), true),
     };
-    let weights = synth::weights(&Dims::QWEN3_06B, opts.seed);
-    let ran = run(&mut c, &session.sampler, &plan, &weights, noise, progress)?;
+    let ran = time_matrix(&mut c, cuda, &session, opts, noise, progress)?;
     c.final_summary();
     let summary = match baseline {
         Baseline::Save(_) => None,
@@ -106,10 +104,10 @@ pub fn pass(
 }
 
 /// Criterion's settings for the GPU matrix: 20 samples over 1.5 s after 0.5 s of warm-up
-/// (68 benchmarks in about 3 minutes), the noise threshold per L2 state, significance 0.05.
-pub fn configure(c: Criterion, out: &Path, noise: &NoiseThreshold) -> Criterion {
-    c.output_directory(out)
-        .without_plots()
+/// (68 benchmarks in about 3 minutes), the noise threshold (cold here; each group sets its own
+/// L2 state's), significance 0.05, no plots.
+pub fn settings(c: Criterion, noise: &NoiseThreshold) -> Criterion {
+    c.without_plots()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_millis(1500))
@@ -132,10 +130,24 @@ pub fn benchmarks(plan: &[Job], noise: &NoiseThreshold) -> Vec<(String, f64)> {
     plan.iter().map(|&(t, e, launch, cache)| (id(e, t, cache, launch), noise.for_cache(cache))).collect()
 }
 
+/// Runs one criterion benchmark per (variant, T, cache, launch) of `opts` on `c` (configured by
+/// the caller: [`pass`], or `cargo bench`'s command line) and returns the jobs it ran.
+pub fn time_matrix(
+    c: &mut Criterion,
+    cuda: &Cuda,
+    session: &Session,
+    opts: &Options,
+    noise: &NoiseThreshold,
+    progress: &impl Fn(&str),
+) -> Result<Vec<Job>, BackendError> {
+    let weights = synth::weights(&Dims::QWEN3_06B, opts.seed);
+    run(c, &session.sampler, &run::plan(cuda, opts), &weights, noise, progress)
+}
+
 /// Runs one criterion benchmark per job and returns the jobs it ran; a chained job whose launch
 /// reads x before its predecessor wrote it is left out (its figure would be wrong, not fast) and
 /// named to `progress`.
-pub fn run(
+fn run(
     c: &mut Criterion,
     sampler: &Sampler,
     plan: &[Job],

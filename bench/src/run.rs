@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const DEFAULT_TOKENS: [usize; 7] = [1, 8, 32, 128, 512, 2048, 8192];
+/// The seed of the synthetic weights and inputs every timing uses unless told otherwise.
+pub const DEFAULT_SEED: u64 = 0x0f05_e6a7;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -32,6 +34,23 @@ pub struct Options {
     pub torch_script: Option<PathBuf>,
     /// results/ (the run writes results/<gpu>/...).
     pub results_dir: PathBuf,
+}
+
+impl Options {
+    /// The whole default matrix (every GPU variant, [`DEFAULT_TOKENS`], both caches and launch
+    /// regimes, the default stop rule), no PyTorch baselines.
+    pub fn full_matrix(results_dir: PathBuf) -> Options {
+        Options {
+            variants: default_variants(),
+            tokens: DEFAULT_TOKENS.to_vec(),
+            caches: vec![Cache::Cold, Cache::Hot],
+            launches: vec![Launch::Serial, Launch::Chained],
+            stop: StopRule::default(),
+            seed: DEFAULT_SEED,
+            torch_script: None,
+            results_dir,
+        }
+    }
 }
 
 /// The variants with a GPU implementation, in registry order.
