@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: device-time benchmarks of the GPU variants and PyTorch baselines.
 
 use crate::conform::results_dir;
+use crate::progress::terminal_bar;
 use anyhow::{Context, bail};
 use fusegate_bench::criterion_gpu::{self, Baseline};
 use fusegate_bench::noise::NoiseThreshold;
-use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Event, Options};
+use fusegate_bench::run::{self as bench_run, DEFAULT_SEED, DEFAULT_TOKENS, Event, Options};
 use fusegate_bench::schema::{BenchRun, Cache, Launch};
 use fusegate_bench::stats::StopRule;
 use fusegate_bench::{compare, criterion_summary};
@@ -12,8 +13,7 @@ use fusegate_bench::{report, select};
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::cuda::Cuda;
 use fusegate_kernels::registry::{self, CudaImpl};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -63,7 +63,7 @@ pub struct Args {
     /// is); prints Same / Faster / Slower per benchmark. A Slower row does not fail the command.
     #[arg(long, value_name = "NAME", conflicts_with = "compare")]
     criterion_baseline: Option<String>,
-    #[arg(long, default_value_t = 0x0f05_e6a7)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
 }
 
@@ -160,12 +160,7 @@ struct Bar(Option<ProgressBar>);
 
 impl Bar {
     fn new(measurements: usize) -> Bar {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let style = ProgressStyle::with_template("bench [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-            ProgressBar::new(measurements as u64).with_style(style)
-        });
-        Bar(bar)
+        Bar(terminal_bar("bench", measurements as u64, "eta {eta}"))
     }
 
     fn event(&self, event: Event) {

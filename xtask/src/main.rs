@@ -8,6 +8,7 @@ mod conform;
 mod golden;
 mod kernels;
 mod model_check;
+mod progress;
 mod select;
 mod synth_model;
 

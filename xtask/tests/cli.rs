@@ -41,13 +41,18 @@ fn bad_arguments_are_one_line_errors() {
         &["select", "--mix", "0.5,0.5"],
         &["frobnicate"],
     ] {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("NO_COLOR", "1").output().expect("run xtask");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "xtask {args:?} should say one line: {stderr}");
-        assert!(stderr.starts_with("error:"), "{stderr}");
+        one_line_error(args);
     }
+}
+
+/// Runs xtask, which must exit 2 with one line on stderr starting "error:"; returns the line.
+fn one_line_error(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("NO_COLOR", "1").output().expect("run xtask");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "xtask {args:?} should say one line: {stderr}");
+    assert!(stderr.starts_with("error:"), "{stderr}");
+    stderr
 }
 
 /// The bench's noise and criterion options are checked before any GPU is looked for: one line
@@ -61,11 +66,8 @@ fn bad_noise_and_baseline_names_are_one_line_errors_naming_the_option() {
         (&["bench", "--criterion-baseline", "change"], "--criterion-baseline"),
         (&["bench", "--criterion-save", "a", "--criterion-baseline", "a"], "--criterion-baseline"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("run xtask");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-        assert!(stderr.starts_with("error:") && stderr.contains(names), "xtask {args:?}: {stderr}");
+        let line = one_line_error(args);
+        assert!(line.contains(names), "xtask {args:?}: {line}");
     }
 }
 
