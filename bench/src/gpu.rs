@@ -208,31 +208,11 @@ impl Sampler<'_> {
         cache: Cache,
         launch: Launch,
     ) -> Result<Measurement> {
-        let cuda = self.cuda;
         let memory = self.footprint(entry, shape, weights, cache, launch)?;
-        let copies = self.copies(&shape, cache);
-        let use_graph = copies <= 64;
-        let x = synth::activations(&shape, self.seed);
-        let waits = launch == Launch::Serial || self.chained_waits(entry, shape, weights)?;
-        // Each cold copy gets its own device buffers (same values: the work is identical).
-        let inputs = OpInputs { shape, x: &x, weights, eps: 1e-6 };
-        let mut preps = (0..if use_graph { copies } else { 1 })
-            .map(|_| cuda.prepare_inputs(entry, &inputs, false, launch))
-            .collect::<Result<Vec<Prepared>>>()?;
+        let waits = self.launch_waits(entry, shape, weights, launch)?;
         let floor_us = roofline::floor_s(&shape, &self.ceilings) * 1e6;
-        let timer = Timer::new(cuda)?;
-        // A rough single-launch time decides how many launches one hot graph holds (~100 us).
-        for p in &preps {
-            cuda.launch(p)?;
-        }
-        let one = timer.time(cuda.stream(), || cuda.launch(&preps[0]))?.max(1.0);
-        let (launches, graph) = if use_graph {
-            let reps = if cache == Cache::Hot { ((100.0 / one).ceil() as usize).clamp(1, 64) } else { 1 };
-            (reps * preps.len(), Some(self.checked_graph(&mut preps, reps, entry, weights, &x)?))
-        } else {
-            (1, None)
-        };
-        let (samples, throttled) = self.samples(&timer, graph.as_ref(), &preps[0], launches)?;
+        let mut replay = self.replay(entry, shape, weights, cache, launch)?;
+        let (samples, throttled) = self.samples(&mut replay)?;
         let est = Estimate::from_samples(&samples)
             .ok_or_else(|| BackendError::Device(format!("{} T={}: fewer than 5 samples", entry.name, shape.t)))?;
         let below = samples.iter().filter(|&&s| s < floor_us).count();
@@ -241,18 +221,61 @@ impl Sampler<'_> {
             t: shape.t,
             cache,
             launch,
-            method: if graph.is_some() { "graph".into() } else { "events+flush".into() },
-            launches_per_sample: launches,
+            method: if replay.graph.is_some() { "graph".into() } else { "events+flush".into() },
+            launches_per_sample: replay.launches,
             time_us: est,
             floor_us,
             bound_by: roofline::bound_by(&shape, &self.ceilings).to_string(),
             pct_of_floor: 100.0 * floor_us / est.median,
             below_floor_samples: below,
             throttled_samples: throttled,
-            graph_checked: graph.is_some(),
+            graph_checked: replay.graph.is_some(),
             memory,
             status: status(waits, below, floor_us),
         })
+    }
+
+    /// Whether a chained launch of `entry` reads the x its predecessor wrote (serial: always);
+    /// a chained figure that does not is wrong, not fast.
+    pub fn launch_waits(&self, entry: &'static Entry, shape: Shape, weights: &Weights, launch: Launch) -> Result<bool> {
+        Ok(launch == Launch::Serial || self.chained_waits(entry, shape, weights)?)
+    }
+
+    /// Prepares one (entry, T, cache, launch) for timing: its buffers (cold: one copy per rotation
+    /// step), its graph checked on fresh inputs (or, where a graph would need more than 64 copies,
+    /// an L2 flush buffer), and the events. The JSON bench and the criterion pass both time this.
+    pub fn replay(
+        &self,
+        entry: &'static Entry,
+        shape: Shape,
+        weights: &Weights,
+        cache: Cache,
+        launch: Launch,
+    ) -> Result<Replay<'_>> {
+        let cuda = self.cuda;
+        let copies = self.copies(&shape, cache);
+        let use_graph = copies <= 64;
+        let x = synth::activations(&shape, self.seed);
+        // Each cold copy gets its own device buffers (same values: the work is identical).
+        let inputs = OpInputs { shape, x: &x, weights, eps: 1e-6 };
+        let mut preps = (0..if use_graph { copies } else { 1 })
+            .map(|_| cuda.prepare_inputs(entry, &inputs, false, launch))
+            .collect::<Result<Vec<Prepared>>>()?;
+        let timer = Timer::new(cuda)?;
+        // A rough single-launch time decides how many launches one hot graph holds (~100 us).
+        for p in &preps {
+            cuda.launch(p)?;
+        }
+        let one = timer.time(cuda.stream(), || cuda.launch(&preps[0]))?.max(1.0);
+        let (launches, graph, flush) = if use_graph {
+            let reps = if cache == Cache::Hot { ((100.0 / one).ceil() as usize).clamp(1, 64) } else { 1 };
+            (reps * preps.len(), Some(self.checked_graph(&mut preps, reps, entry, weights, &x)?), None)
+        } else {
+            let pattern = vec![0xa5u8; (2 * self.l2_bytes) as usize];
+            let flush = cuda.stream().clone_htod(&pattern).map_err(dev("allocating the L2 flush buffer"))?;
+            (1, None, Some(flush))
+        };
+        Ok(Replay { cuda, timer, preps, graph, flush, launches })
     }
 
     /// A graph of `reps` rounds over every copy, checked on fresh inputs before it is timed.
@@ -276,46 +299,49 @@ impl Sampler<'_> {
     }
 
     /// Microseconds per launch: warm-up, then samples until the median is known to the target or
-    /// the budget ends; also how many samples were taken while the card throttled. Without a graph,
-    /// each sample flushes L2 (writes a buffer of twice its size) and times one launch of `first`.
-    fn samples(
-        &self,
-        timer: &Timer,
-        graph: Option<&CudaGraph>,
-        first: &Prepared,
-        launches: usize,
-    ) -> Result<(Vec<f64>, usize)> {
-        let (cuda, stream) = (self.cuda, self.cuda.stream());
-        let mut flush: Option<CudaSlice<u8>> = match graph {
-            Some(_) => None,
-            None => {
-                let pattern = vec![0xa5u8; (2 * self.l2_bytes) as usize];
-                Some(stream.clone_htod(&pattern).map_err(dev("allocating the L2 flush buffer"))?)
-            }
-        };
-        let mut sample = || -> Result<f64> {
-            if let Some(f) = flush.as_mut() {
-                stream.memset_zeros(f).map_err(dev("flushing L2"))?;
-            }
-            let us = match graph {
-                Some(g) => timer.time(stream, || g.launch().map_err(dev("replaying the graph")))?,
-                None => timer.time(stream, || cuda.launch(first))?,
-            };
-            Ok(us / launches as f64)
-        };
+    /// the budget ends; also how many samples were taken while the card throttled.
+    fn samples(&self, replay: &mut Replay) -> Result<(Vec<f64>, usize)> {
         for _ in 0..3 {
-            sample()?;
+            replay.sample_us()?;
         }
         let (mut samples, mut throttled) = (Vec::new(), 0usize);
         let start = Instant::now();
         while !self.stop.done(&samples, start.elapsed().as_secs_f64()) {
-            samples.push(sample()?);
+            samples.push(replay.sample_us()?);
             if samples.len() % 25 == 0 && self.gpu.as_ref().is_some_and(|g| g.conditions().throttled()) {
                 throttled += 25;
             }
         }
-        cuda.synchronize()?;
+        self.cuda.synchronize()?;
         Ok((samples, throttled))
+    }
+}
+
+/// One (entry, T, cache, launch) ready to time ([`Sampler::replay`]).
+pub struct Replay<'a> {
+    cuda: &'a Cuda,
+    timer: Timer,
+    preps: Vec<Prepared>,
+    graph: Option<CudaGraph>,
+    /// Without a graph: written before each sample, twice L2's size, so nothing of the op stays there.
+    flush: Option<CudaSlice<u8>>,
+    /// Launches one sample times.
+    pub launches: usize,
+}
+
+impl Replay<'_> {
+    /// One sample, in microseconds per launch of device time (CUDA events): one replay of the
+    /// graph, or (without a graph) one launch of the first copy after L2 is flushed.
+    pub fn sample_us(&mut self) -> Result<f64> {
+        let (cuda, stream) = (self.cuda, self.cuda.stream());
+        if let Some(f) = self.flush.as_mut() {
+            stream.memset_zeros(f).map_err(dev("flushing L2"))?;
+        }
+        let us = match &self.graph {
+            Some(g) => self.timer.time(stream, || g.launch().map_err(dev("replaying the graph")))?,
+            None => self.timer.time(stream, || cuda.launch(&self.preps[0]))?,
+        };
+        Ok(us / self.launches as f64)
     }
 }
 

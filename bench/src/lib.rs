@@ -5,8 +5,11 @@
 //! Its own crate so that judging (fusegate-harness) depends on neither NVML nor plotting.
 
 pub mod compare;
+pub mod criterion_gpu;
+pub mod criterion_summary;
 pub mod e2e;
 pub mod gpu;
+pub mod noise;
 pub mod nvml;
 pub mod report;
 pub mod roofline;

@@ -4,7 +4,9 @@
 use crate::gpu::{self, Sampler};
 use crate::nvml::Gpu;
 use crate::roofline::{self, Ceilings};
-use crate::schema::{self, Baseline, BaselineId, BenchConfig, BenchRun, Cache, Fingerprint, Launch, Measurement};
+use crate::schema::{
+    self, Baseline, BaselineId, BenchConfig, BenchRun, Cache, Conditions, Fingerprint, Launch, Measurement,
+};
 use crate::stats::{Estimate, StopRule};
 use fusegate_harness::results::{utc_now, write_atomically};
 use fusegate_kernels::cuda::Cuda;
@@ -16,6 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const DEFAULT_TOKENS: [usize; 7] = [1, 8, 32, 128, 512, 2048, 8192];
+/// The seed of the synthetic weights and inputs every timing uses unless told otherwise.
+pub const DEFAULT_SEED: u64 = 0x0f05_e6a7;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -30,6 +34,23 @@ pub struct Options {
     pub torch_script: Option<PathBuf>,
     /// results/ (the run writes results/<gpu>/...).
     pub results_dir: PathBuf,
+}
+
+impl Options {
+    /// The whole default matrix (every GPU variant, [`DEFAULT_TOKENS`], both caches and launch
+    /// regimes, the default stop rule), no PyTorch baselines.
+    pub fn full_matrix(results_dir: PathBuf) -> Options {
+        Options {
+            variants: default_variants(),
+            tokens: DEFAULT_TOKENS.to_vec(),
+            caches: vec![Cache::Cold, Cache::Hot],
+            launches: vec![Launch::Serial, Launch::Chained],
+            stop: StopRule::default(),
+            seed: DEFAULT_SEED,
+            torch_script: None,
+            results_dir,
+        }
+    }
 }
 
 /// The variants with a GPU implementation, in registry order.
@@ -130,9 +151,17 @@ fn torch_baselines(
     }
 }
 
-/// Measures everything in `opts`; `progress` hears one line per finished measurement.
-pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(&str)) -> Result<BenchRun, BackendError> {
-    let start = Instant::now();
+/// What every timing pass starts from: the fingerprint, the card's conditions before anything
+/// ran, and a sampler with this machine's ceilings.
+pub struct Session<'a> {
+    pub sampler: Sampler<'a>,
+    pub fingerprint: Fingerprint,
+    pub conditions_start: Conditions,
+}
+
+/// Opens NVML (a note when it is missing), fingerprints the machine and reads or measures its
+/// ceilings; `progress` hears what it found.
+pub fn session<'a>(cuda: &'a Cuda, opts: &Options, progress: &impl Fn(&str)) -> Result<Session<'a>, BackendError> {
     let gpu =
         Gpu::open().map(Arc::new).map_err(|e| progress(&format!("note: {e}; memory and clocks not recorded"))).ok();
     let fp = fingerprint(cuda, gpu.as_deref());
@@ -149,23 +178,41 @@ pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(&str)) -> Result<Bench
     ));
     let sampler = Sampler {
         cuda,
-        gpu: gpu.clone(),
+        gpu,
         ceilings: ceil,
         l2_bytes: fp.l2_bytes,
         stop: opts.stop,
         seed: opts.seed,
         chained_waits: Default::default(),
     };
+    Ok(Session { sampler, fingerprint: fp, conditions_start })
+}
+
+/// What a run reports as it goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Event<'a> {
+    /// The machine, a missing library, the baselines.
+    Note(&'a str),
+    /// Measurement `done` of the plan's `of` finished.
+    Measured { done: usize, of: usize, line: &'a str },
+}
+
+/// Measures everything in `opts`; `progress` hears each finished measurement and the notes.
+pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(Event)) -> Result<BenchRun, BackendError> {
+    let start = Instant::now();
+    let note = |line: &str| progress(Event::Note(line));
+    let Session { sampler, fingerprint: fp, conditions_start } = session(cuda, opts, &note)?;
+    let ceil = sampler.ceilings;
     let weights = synth::weights(&Dims::QWEN3_06B, opts.seed);
     let measurements = measure_all(&sampler, &plan(cuda, opts), &weights, &progress)?;
-    let (baselines, baseline_note) = baselines(opts, &ceil, &progress);
+    let (baselines, baseline_note) = baselines(opts, &ceil, &note);
     Ok(BenchRun {
         schema: schema::SCHEMA.into(),
         utc: utc_now(),
         git_commit: fusegate_harness::results::Environment::capture(None).git_commit,
         fingerprint: fp,
         conditions_start,
-        conditions_end: gpu::conditions(gpu.as_deref()),
+        conditions_end: gpu::conditions(sampler.gpu.as_deref()),
         ceilings: ceil,
         config: BenchConfig {
             tokens: opts.tokens.clone(),
@@ -182,10 +229,10 @@ pub fn run(cuda: &Cuda, opts: &Options, progress: impl Fn(&str)) -> Result<Bench
 }
 
 /// One measurement to make: (T, variant, launch, cache).
-type Job = (usize, &'static Entry, Launch, Cache);
+pub type Job = (usize, &'static Entry, Launch, Cache);
 
 /// Every (T, variant, launch, cache) in that nesting order; chained only where the kernel takes part.
-fn plan(cuda: &Cuda, opts: &Options) -> Vec<Job> {
+pub fn plan(cuda: &Cuda, opts: &Options) -> Vec<Job> {
     let mut plan = Vec::new();
     for &t in &opts.tokens {
         for &entry in &opts.variants {
@@ -204,12 +251,12 @@ fn measure_all(
     sampler: &Sampler,
     plan: &[Job],
     weights: &Weights,
-    progress: &impl Fn(&str),
+    progress: &impl Fn(Event),
 ) -> Result<Vec<Measurement>, BackendError> {
     let mut measurements = Vec::new();
     for &(t, entry, launch, cache) in plan {
         let m = sampler.measure(entry, Shape::qwen3_06b(t), weights, cache, launch)?;
-        progress(&format!(
+        let line = format!(
             "[{:>3}/{}] {:<9} T={:<5} {:<4} {:<7} {:>9.2} us  (CI +-{:.2}%, {:.0}% of floor{})",
             measurements.len() + 1,
             plan.len(),
@@ -221,7 +268,8 @@ fn measure_all(
             100.0 * m.time_us.rel_ci(),
             m.pct_of_floor,
             if m.usable() { String::new() } else { format!("; {}", m.status) }
-        ));
+        );
+        progress(Event::Measured { done: measurements.len() + 1, of: plan.len(), line: &line });
         measurements.push(m);
     }
     Ok(measurements)

@@ -1,15 +1,19 @@
 //! `cargo xtask bench`: device-time benchmarks of the GPU variants and PyTorch baselines.
 
 use crate::outputs::results_dir;
+use crate::progress::terminal_bar;
 use anyhow::{Context, bail};
-use fusegate_bench::compare;
-use fusegate_bench::run::{self as bench_run, DEFAULT_TOKENS, Options};
+use fusegate_bench::criterion_gpu::{self, Baseline};
+use fusegate_bench::noise::NoiseThreshold;
+use fusegate_bench::run::{self as bench_run, DEFAULT_SEED, DEFAULT_TOKENS, Event, Options};
 use fusegate_bench::schema::{BenchRun, Cache, Launch};
 use fusegate_bench::stats::StopRule;
+use fusegate_bench::{compare, criterion_summary};
 use fusegate_bench::{report, select};
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::cuda::Cuda;
 use fusegate_kernels::registry::{self, CudaImpl};
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,7 +42,7 @@ pub struct Args {
     /// The PyTorch baseline script (default: bench/scripts/torch_baseline.py).
     #[arg(long, value_name = "PATH")]
     torch_script: Option<PathBuf>,
-    /// Compare with an earlier bench JSON: SAME / FASTER / SLOWER per (variant, T, cache).
+    /// Compare with an earlier bench JSON: Same / Faster / Slower per (variant, T, cache, launch).
     #[arg(long, value_name = "PATH")]
     compare: Option<PathBuf>,
     /// With --compare: compare this bench JSON instead of running a new benchmark.
@@ -47,7 +51,19 @@ pub struct Args {
     /// Compare even when the two runs' fingerprints (GPU, driver, CUDA, cuBLAS) differ.
     #[arg(long)]
     force: bool,
-    #[arg(long, default_value_t = 0x0f05_e6a7)]
+    /// Run-to-run noise in percent, for --compare and the criterion pass: a smaller move of the
+    /// median is Same. Default: measured on the committed H200 runs (2% cold, 11% hot L2).
+    #[arg(long, value_name = "PCT", allow_negative_numbers = true)]
+    noise: Option<f64>,
+    /// Instead of the JSON bench: a criterion pass over the same matrix (the same graph replays,
+    /// CUDA-event time) saved as criterion baseline NAME in results/<gpu>/criterion/.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["criterion_baseline", "compare"])]
+    criterion_save: Option<String>,
+    /// Instead of the JSON bench: a criterion pass compared with saved baseline NAME (kept as it
+    /// is); prints Same / Faster / Slower per benchmark. A Slower row does not fail the command.
+    #[arg(long, value_name = "NAME", conflicts_with = "compare")]
+    criterion_baseline: Option<String>,
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
 }
 
@@ -62,8 +78,20 @@ fn default_script() -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let noise = match a.noise {
+        Some(pct) => NoiseThreshold::from_percent(pct).map_err(|e| anyhow::anyhow!("--noise {e}"))?,
+        None => NoiseThreshold::default(),
+    };
     if let (Some(old), Some(new)) = (&a.compare, &a.with) {
-        return print_compare(&load_bench(old)?, &load_bench(new)?, a.force);
+        return print_compare(&load_bench(old)?, &load_bench(new)?, a.force, &noise);
+    }
+    let criterion = match (a.criterion_save.clone(), a.criterion_baseline.clone()) {
+        (Some(name), _) => Some((Baseline::Save(name), "--criterion-save")),
+        (_, Some(name)) => Some((Baseline::Compare(name), "--criterion-baseline")),
+        _ => None,
+    };
+    if let Some((baseline, flag)) = &criterion {
+        Baseline::check_name(baseline.name()).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
     }
     if a.tokens.contains(&0) {
         bail!("--tokens: T = 0 is not a shape (every token count must be >= 1)");
@@ -103,13 +131,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         torch_script: (!a.no_torch).then(|| a.torch_script.unwrap_or_else(default_script)),
         results_dir: results_dir(),
     };
-    let run = bench_run::run(&cuda, &opts, |line| println!("{line}")).map_err(|e| anyhow::anyhow!("bench: {e}"))?;
+    if let Some((baseline, _)) = &criterion {
+        return criterion_pass(&cuda, &opts, baseline, &noise);
+    }
+    let bar = Bar::new(bench_run::plan(&cuda, &opts).len());
+    let run = bench_run::run(&cuda, &opts, |event| bar.event(event));
+    bar.finish();
+    let run = run.map_err(|e| anyhow::anyhow!("bench: {e}"))?;
     let path = bench_run::save(&run, &opts.results_dir).context("writing bench results")?;
     println!("results: {}", path.display());
     write_report(&run, None, &opts.results_dir)?;
     let bad = run.measurements.iter().filter(|m| !m.usable()).count();
     if let Some(old) = &a.compare {
-        print_compare(&load_bench(old)?, &run, a.force)?;
+        print_compare(&load_bench(old)?, &run, a.force, &noise)?;
     }
     if bad > 0 {
         eprintln!(
@@ -120,9 +154,60 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_compare(old: &BenchRun, new: &BenchRun, force: bool) -> anyhow::Result<ExitCode> {
-    let rows = compare::compare(old, new, force).map_err(|e| anyhow::anyhow!("--compare: {e}"))?;
+/// A bar over the measurement matrix on a terminal with each line printed above it; elsewhere
+/// the lines alone (indicatif prints nothing through a hidden bar).
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new(measurements: usize) -> Bar {
+        Bar(terminal_bar("bench", measurements as u64, "eta {eta}"))
+    }
+
+    fn event(&self, event: Event) {
+        let line = match event {
+            Event::Note(line) | Event::Measured { line, .. } => line,
+        };
+        match &self.0 {
+            Some(bar) => {
+                bar.println(line);
+                if let Event::Measured { done, .. } = event {
+                    bar.set_position(done as u64);
+                }
+            }
+            None => println!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `--criterion-save` / `--criterion-baseline`: the criterion pass instead of the JSON bench.
+fn criterion_pass(
+    cuda: &Cuda,
+    opts: &Options,
+    baseline: &Baseline,
+    noise: &NoiseThreshold,
+) -> anyhow::Result<ExitCode> {
+    let pass = criterion_gpu::pass(cuda, opts, baseline, noise, &|line| println!("{line}"))
+        .map_err(|e| anyhow::anyhow!("bench (criterion): {e}"))?;
+    println!("criterion: {} (baseline {:?})", pass.out.display(), baseline.name());
+    if let Some(rows) = &pass.summary {
+        print!("{}", criterion_summary::table(rows));
+        let [same, faster, slower] = compare::counts(rows.iter().map(|r| r.change));
+        println!("{same} Same, {faster} Faster, {slower} Slower against baseline {:?} ({noise})", baseline.name());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_compare(old: &BenchRun, new: &BenchRun, force: bool, noise: &NoiseThreshold) -> anyhow::Result<ExitCode> {
+    let rows = compare::compare(old, new, force, noise).map_err(|e| anyhow::anyhow!("--compare: {e}"))?;
     print!("{}", compare::table(&rows));
+    let [same, faster, slower] = compare::counts(rows.iter().map(|r| r.change));
+    println!("{same} Same, {faster} Faster, {slower} Slower ({noise})");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,10 +18,12 @@ pub struct Args {
 }
 
 const RUN_SH: &str = r#"#!/usr/bin/env bash
-# fusegate on a GPU machine without cargo. Usage: ./run.sh [all|conform|bench|model|select] [args...]
+# fusegate on a GPU machine without cargo. Usage: ./run.sh [all|conform|bench|model|select|criterion] [args...]
 # all (default): conform --backend cuda, bench, model, select; exits non-zero if any step failed.
 # model: the 28-layer HF goldens regenerated here (python3 with torch and transformers), then
 # model-check --backend cuda on them (results/<gpu>/model-cuda.json, which select's model gate reads).
+# criterion: the bench matrix under criterion twice back to back, the first run saved as baseline
+# "a", the second compared with it (Same / Faster / Slower per benchmark; bench's args apply to both).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export FUSEGATE_GOLDEN_DIR="$here/golden" FUSEGATE_SCRIPTS="$here/scripts"
@@ -31,8 +33,12 @@ model() {
   [ -d "$g28/stable-l28" ] && [ -d "$g28/stress-l28" ] || "$here/capture/model_l28.sh" "$g28" "$here/fusegate" || return 1
   FUSEGATE_MODEL_GOLDEN_DIR="$g28" "$here/fusegate" model-check --backend cuda
 }
+criterion() {
+  "$here/fusegate" bench --criterion-save a "$@" && "$here/fusegate" bench --criterion-baseline a "$@"
+}
 cmd="${1:-all}"; [ $# -gt 0 ] && shift
 if [ "$cmd" = model ]; then model; exit $?; fi
+if [ "$cmd" = criterion ]; then criterion "$@"; exit $?; fi
 if [ "$cmd" != all ]; then exec "$here/fusegate" "$cmd" "$@"; fi
 status=0
 "$here/fusegate" conform --backend cuda || status=1
@@ -157,4 +163,51 @@ fn walk_size(p: &Path) -> u64 {
             m.len()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// run.sh beside a stand-in `fusegate` that logs its arguments and fails when told to.
+    fn run_sh(args: &[&str], fail_on: &str) -> (bool, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let fake = format!(
+            "#!/usr/bin/env bash\necho \"$*\" >> '{}'\ncase \"$*\" in *'{fail_on}'*) exit 1;; esac\n",
+            log.display()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for (name, text) in [("fusegate", fake.as_str()), ("run.sh", RUN_SH)] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+            std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // TMPDIR here: no 28-layer goldens from an earlier run are found, so `model` fails fast.
+        // Through bash, not exec: a file just written may still be open in a child another test
+        // thread forked meanwhile (exec would fail with "text file busy").
+        let status =
+            Command::new("bash").arg(dir.path().join("run.sh")).args(args).env("TMPDIR", dir.path()).status().unwrap();
+        let calls = std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_string).collect();
+        (status.success(), calls)
+    }
+
+    /// One test, so that no other of these forks while a stand-in is being written.
+    #[test]
+    fn criterion_saves_then_compares_and_all_is_unchanged() {
+        let (ok, calls) = run_sh(&["criterion", "--tokens", "1,32"], "never");
+        assert!(ok);
+        assert_eq!(calls, ["bench --criterion-save a --tokens 1,32", "bench --criterion-baseline a --tokens 1,32"]);
+        // A failed first pass leaves nothing to compare with: the second does not run.
+        let (ok, calls) = run_sh(&["criterion"], "--criterion-save");
+        assert!(!ok);
+        assert_eq!(calls, ["bench --criterion-save a"]);
+
+        // model needs python and goldens: its capture step fails here, which all reports at the end.
+        let (ok, calls) = run_sh(&["all"], "never");
+        assert!(!ok);
+        assert_eq!(calls.first().map(String::as_str), Some("conform --backend cuda"));
+        assert_eq!(calls.get(1).map(String::as_str), Some("bench"));
+        assert_eq!(calls.last().map(String::as_str), Some("select"));
+        assert!(!calls.iter().any(|c| c.contains("criterion")), "{calls:?}");
+    }
 }

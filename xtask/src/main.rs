@@ -9,6 +9,7 @@ mod golden;
 mod kernels;
 mod model_check;
 mod outputs;
+mod progress;
 mod select;
 mod synth_model;
 

@@ -10,12 +10,12 @@ use fusegate_model::check::default_entries;
 use fusegate_model::controls::CONTROLS;
 use fusegate_model::gate::{self, Options};
 use fusegate_model::report;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::outputs::results_dir;
+use crate::progress::terminal_bar;
 use fusegate_bench::schema::slug;
 
 /// Judge registry entries inside a Qwen3 forward pass against HF's goldens and noise floor.
@@ -60,12 +60,7 @@ struct Progress(Option<ProgressBar>);
 
 impl Progress {
     fn new(steps: u64) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let style = ProgressStyle::with_template("model-check [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
-            ProgressBar::new(steps).with_style(style)
-        });
-        Progress(bar)
+        Progress(terminal_bar("model-check", steps, "{msg}"))
     }
 
     fn step(&self, line: &str) {

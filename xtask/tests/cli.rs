@@ -41,13 +41,59 @@ fn bad_arguments_are_one_line_errors() {
         &["select", "--mix", "0.5,0.5"],
         &["frobnicate"],
     ] {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("NO_COLOR", "1").output().expect("run xtask");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "xtask {args:?} should say one line: {stderr}");
-        assert!(stderr.starts_with("error:"), "{stderr}");
+        one_line_error(args);
     }
+}
+
+/// Runs xtask, which must exit 2 with one line on stderr starting "error:"; returns the line.
+fn one_line_error(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("NO_COLOR", "1").output().expect("run xtask");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "xtask {args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "xtask {args:?} should say one line: {stderr}");
+    assert!(stderr.starts_with("error:"), "{stderr}");
+    stderr
+}
+
+/// The bench's noise and criterion options are checked before any GPU is looked for: one line
+/// naming the option, exit 2.
+#[test]
+fn bad_noise_and_baseline_names_are_one_line_errors_naming_the_option() {
+    for (args, names) in [
+        (&["bench", "--noise", "-1"][..], "--noise"),
+        (&["bench", "--noise", "100"], "--noise"),
+        (&["bench", "--criterion-save", "../a"], "--criterion-save"),
+        (&["bench", "--criterion-baseline", "change"], "--criterion-baseline"),
+        (&["bench", "--criterion-save", "a", "--criterion-baseline", "a"], "--criterion-baseline"),
+    ] {
+        let line = one_line_error(args);
+        assert!(line.contains(names), "xtask {args:?}: {line}");
+    }
+}
+
+/// `bench --compare A --with B` on the committed H200 pair that CIs alone marked 34 of 68 rows
+/// Slower: the measured noise leaves the one row whose kernel changed; `--noise 0` brings the
+/// CI-only verdict back.
+#[test]
+fn compare_of_committed_runs_counts_rows_by_the_measured_noise() {
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/nvidia-h200");
+    let (before, after) = (results.join("bench-20261122T014010Z.json"), results.join("bench-20261122T015224Z.json"));
+    let compare = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["bench", "--compare"])
+            .arg(&before)
+            .arg("--with")
+            .arg(&after)
+            .args(extra)
+            .output()
+            .expect("run xtask");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let measured = compare(&[]);
+    assert!(measured.contains("\n67 Same, 1 Faster, 0 Slower (noise 2.0% cold, 11.0% hot L2: "), "{measured}");
+    let by_ci = compare(&["--noise", "0"]);
+    assert!(by_ci.contains("\n27 Same, 7 Faster, 34 Slower (noise 0.0% cold, 0.0% hot L2: --noise 0)"), "{by_ci}");
 }
 
 /// When the GPU cannot be had, the GPU commands say so in one line and exit 2: without a GPU (this
