@@ -478,4 +478,24 @@ mod tests {
         let s = &run.summary;
         assert_eq!(s.passed + s.failed + s.ignored + s.shared, run.trials.len(), "{s:?}");
     }
+
+    /// tempfile creates its files 0600; a results file is as readable as any other the user makes.
+    #[cfg(unix)]
+    #[test]
+    fn a_results_file_gets_the_usual_permissions_and_no_temp_file_stays() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/results.json");
+        write_atomically(&path, b"{}").unwrap();
+        write_atomically(&path, b"[]").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"[]");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let usual = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, usual, "results file mode {mode:o}, a plain file's {usual:o}");
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["results.json"]);
+    }
 }
