@@ -6,8 +6,10 @@ mod bench_model;
 mod bundle;
 mod conform;
 mod golden;
+mod interrupt;
 mod kernels;
 mod model_check;
+mod progress;
 mod select;
 mod synth_model;
 
