@@ -2,6 +2,7 @@
 //! The one implementation behind `cargo xtask conform`, the suites test and the bundled binary.
 
 use crate::backends::{self, Choice};
+use crate::cancel::{Cancel, Ran};
 use crate::results::{ConformanceRun, Environment};
 use crate::suite::Suite;
 use crate::trials::{self, BackendSlot, Trial, TrialReport};
@@ -132,18 +133,31 @@ pub fn plan(opts: &Options) -> Result<Plan, ConformError> {
 
 /// Runs every trial of the plan (in parallel) and assembles the results file's content.
 pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun {
+    match run_until(plan, &Cancel::new(), on_done) {
+        Ran::Complete(run) | Ran::Interrupted { partial: run, .. } => run,
+    }
+}
+
+/// [`run`], stopping when `cancel` is requested: no trial starts after that, the ones running
+/// finish, and the run comes back as [`Ran::Interrupted`] with the trials that ran.
+pub fn run_until(plan: &Plan, cancel: &Cancel, on_done: impl Fn(&TrialReport) + Sync) -> Ran<ConformanceRun> {
     let start = Instant::now();
     // Load every reference (and its truths) before any trial runs. Loading computes truths with
     // rayon; a rayon worker waiting inside one reference's one-time initialisation may steal
     // another trial of the same reference and re-enter that initialisation, which deadlocks.
-    plan.suite.preload(&plan.trials);
+    if !cancel.requested() {
+        plan.suite.preload(&plan.trials);
+    }
     let reports: Vec<TrialReport> = plan
         .trials
         .par_iter()
-        .map(|t| {
+        .filter_map(|t| {
+            if cancel.requested() {
+                return None;
+            }
             let r = plan.suite.run(t);
             on_done(&r);
-            r
+            Some(r)
         })
         .collect();
     let device = plan.trials.iter().find_map(|t| t.backend.backend.as_ref().ok().and_then(|b| b.device()));
@@ -157,6 +171,7 @@ pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun
             }
         }
     }
+    let (ran, planned) = (reports.len(), plan.trials.len());
     let mut run = ConformanceRun::new(
         plan.backend,
         Environment::capture(device),
@@ -166,7 +181,7 @@ pub fn run(plan: &Plan, on_done: impl Fn(&TrialReport) + Sync) -> ConformanceRun
         start.elapsed().as_secs_f64(),
     );
     run.backend_notes = notes;
-    run
+    if ran < planned { Ran::Interrupted { partial: run, ran, planned } } else { Ran::Complete(run) }
 }
 
 #[cfg(test)]
@@ -190,5 +205,84 @@ mod tests {
         assert!(!picked.contains(&EntryId::Mixed));
         let err = select_entries(&["fast".into()]).unwrap_err().to_string();
         assert!(err.contains("\"fast\"") && err.contains(EntryId::Mixed.name()) && !err.contains('\n'), "{err}");
+    }
+
+    /// Every CPU trial of `exact` and its mutants on one golden case.
+    fn small_plan() -> Plan {
+        let opts = Options {
+            entries: vec![EntryId::Exact.name().into()],
+            case: Some("qwen3-typical-t1".into()),
+            backend: Choice::Cpu,
+            ..Options::default()
+        };
+        plan(&opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_cancel_after_k_trials_stops_the_run_there_and_marks_it_interrupted() {
+        let plan = small_plan();
+        let planned = plan.trials.len();
+        assert!(planned >= 4, "{planned} trials");
+        const K: usize = 2;
+        let cancel = Cancel::new();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        // One worker: no trial is in flight when the k-th finishes, so exactly k run.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let ran = pool.install(|| {
+            run_until(&plan, &cancel, |_| {
+                if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == K {
+                    cancel.request();
+                }
+            })
+        });
+        let Ran::Interrupted { partial, ran, planned: p } = ran else { panic!("a cancelled run came back complete") };
+        assert_eq!((ran, p), (K, planned));
+        assert_eq!(partial.trials.len(), K);
+        let s = &partial.summary;
+        assert_eq!(s.passed + s.failed + s.ignored + s.shared, K, "{s:?}");
+    }
+
+    #[test]
+    fn a_run_whose_every_trial_is_ignored_checked_nothing_and_is_not_ok() {
+        // The CPU has no launches, so the early-x mutant's one trial (chained launches) is ignored.
+        let opts =
+            Options { entries: vec![EntryId::MutantEarlyX.name().into()], backend: Choice::Cpu, ..Options::default() };
+        let run = run(&plan(&opts).unwrap_or_else(|e| panic!("{e}")), |_| {});
+        assert!(!run.trials.is_empty() && run.summary.ignored == run.trials.len(), "{}", run.table());
+        assert!(run.checked_nothing() && !run.ok(), "{:?}", run.summary);
+    }
+
+    #[test]
+    fn on_the_cpu_exact_repeats_standard_and_its_passes_count_as_shared_once() {
+        let opts = Options {
+            entries: vec![EntryId::Standard.name().into(), EntryId::Exact.name().into()],
+            case: Some("qwen3-typical-t1".into()),
+            backend: Choice::Cpu,
+            ..Options::default()
+        };
+        let run = run(&plan(&opts).unwrap_or_else(|e| panic!("{e}")), |_| {});
+        let of = |id: EntryId| run.trials.iter().filter(move |t| t.entry == id);
+        assert!(of(EntryId::Standard).all(|t| t.same_computation_as.is_none()));
+        assert!(of(EntryId::Exact).all(|t| t.same_computation_as == Some(EntryId::Standard)));
+        // Exact's mutants are computations of their own, judged and counted as ever.
+        let mutants: Vec<_> = run.trials.iter().filter(|t| t.mutant_of.is_some()).collect();
+        assert!(!mutants.is_empty() && mutants.iter().all(|t| t.same_computation_as.is_none()));
+        let s = &run.summary;
+        assert_eq!(s.shared, of(EntryId::Exact).count(), "{s:?}");
+        assert_eq!(s.passed, of(EntryId::Standard).count() + mutants.len() - s.ignored, "{s:?}");
+        let table = run.table();
+        let note = "exact shares standard's emulation on the cpu: its rows are one computation, counted once";
+        assert_eq!(table.matches(note).count(), 1, "{table}");
+        assert!(table.contains(&format!(", {} shared in", s.shared)), "{table}");
+        assert!(run.ok(), "{table}");
+    }
+
+    #[test]
+    fn an_uncancelled_run_is_complete() {
+        let plan = small_plan();
+        let ran = run_until(&plan, &Cancel::new(), |_| {});
+        let Ran::Complete(run) = ran else { panic!("nothing cancelled it") };
+        assert_eq!(run.trials.len(), plan.trials.len());
+        assert!(run.ok(), "{}", run.table());
     }
 }

@@ -3,6 +3,7 @@
 //! determinism and batch invariance, and lists the trials every front end runs.
 
 pub mod backends;
+pub mod cancel;
 pub mod conform;
 pub mod invariance;
 pub mod metrics;

@@ -4,7 +4,8 @@
 //! [`ConformanceRun`]:
 //! - `schema`, `backend` (what ran), `environment` (fingerprint of the machine and build),
 //!   `golden` (the manifest's provenance: torch, transformers, CUDA, cuBLAS, GPU),
-//! - `summary`: {passed, failed, ignored, seconds},
+//! - `summary`: {passed, failed, ignored, shared, seconds} (`shared`: trials that passed by
+//!   repeating an earlier variant's computation on this backend, counted apart from `passed`),
 //! - `trials`: one object per trial: `name` (backend/entry/case), `backend`, `entry`, `mutant_of`,
 //!   `check` ("golden" with `case`; "boundary" with `shape`: fresh inputs at a T where a GPU backend
 //!   changes kernel or tile, judged against the CPU emulation of HF's numerics; or
@@ -12,7 +13,8 @@
 //!   stage: ULP histogram, bit-exact count, max ulp, mean signed ulp, max abs/rel error, relative L2
 //!   error of candidate and golden against both fp64 truths, error ratios, the bound applied),
 //!   `invariance` (determinism, batch invariance, what differed), `agreement_with_cpu` (GPU
-//!   backends: per stage bit-exact fraction and max ulp against the CPU emulation), `seconds`.
+//!   backends: per stage bit-exact fraction and max ulp against the CPU emulation), `seconds`,
+//!   `same_computation_as` (where the backend computes this entry exactly as an earlier variant).
 
 use crate::trials::{Check, Outcome, TrialReport};
 use fusegate_golden::Provenance;
@@ -20,8 +22,7 @@ use fusegate_kernels::{BackendId, EntryId, Stage, Truth};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 pub const SCHEMA: &str = "fusegate-conformance-v1";
 
@@ -149,9 +150,14 @@ pub fn utc_now() -> String {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
+    /// Trials that passed, each a computation of its own.
     pub passed: usize,
     pub failed: usize,
     pub ignored: usize,
+    /// Trials that passed by repeating an earlier variant's computation bit for bit (on the CPU,
+    /// mixed and exact are standard's emulation): not passes of their own.
+    #[serde(default)]
+    pub shared: usize,
     pub seconds: f64,
 }
 
@@ -181,6 +187,7 @@ impl ConformanceRun {
         let mut summary = Summary { seconds, ..Summary::default() };
         for t in &trials {
             match t.outcome {
+                Outcome::Passed if t.same_computation_as.is_some() => summary.shared += 1,
                 Outcome::Passed => summary.passed += 1,
                 Outcome::Failed(_) => summary.failed += 1,
                 Outcome::Ignored(_) => summary.ignored += 1,
@@ -198,8 +205,45 @@ impl ConformanceRun {
         }
     }
 
+    /// Nothing failed and something was checked.
     pub fn ok(&self) -> bool {
-        self.summary.failed == 0
+        self.summary.failed == 0 && !self.checked_nothing()
+    }
+
+    /// Every trial ended without a check (all ignored: no GPU, no implementation), or none ran.
+    pub fn checked_nothing(&self) -> bool {
+        let s = &self.summary;
+        s.passed + s.failed + s.shared == 0
+    }
+
+    /// One line per backend where variants share an earlier variant's computation, e.g. "mixed
+    /// and exact share standard's emulation on the cpu: ...".
+    pub fn shared_notes(&self) -> Vec<String> {
+        let mut groups: Vec<(BackendId, EntryId, Vec<EntryId>)> = Vec::new();
+        for t in &self.trials {
+            let Some(of) = t.same_computation_as else { continue };
+            match groups.iter_mut().find(|g| g.0 == t.backend && g.1 == of) {
+                Some(g) if !g.2.contains(&t.entry) => g.2.push(t.entry),
+                Some(_) => {}
+                None => groups.push((t.backend, of, vec![t.entry])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(backend, of, entries)| {
+                let names: Vec<&str> = entries.iter().map(|e| e.name()).collect();
+                let (names, share, their) = match names.as_slice() {
+                    [one] => (one.to_string(), "shares", "its"),
+                    [rest @ .., last] => (format!("{} and {last}", rest.join(", ")), "share", "their"),
+                    [] => unreachable!("a group has the entry that made it"),
+                };
+                let how = if backend == BackendId::Cpu { "emulation" } else { "computation" };
+                format!(
+                    "{names} {share} {of}'s {how} on the {backend}: {their} rows are one computation, counted once \
+                     (as {of}'s; \"shared\" rows are judged by their own contract)"
+                )
+            })
+            .collect()
     }
 
     /// Reads a conformance file written by any version of this schema; the error is one line
@@ -224,6 +268,7 @@ impl ConformanceRun {
                 Check::Invariance => "(invariance)".into(),
             };
             let verdict = match (&t.outcome, t.mutant_of.is_some()) {
+                (Outcome::Passed, false) if t.same_computation_as.is_some() => "shared",
                 (Outcome::Passed, false) => "PASS",
                 (Outcome::Passed, true) => "REJECTED",
                 (Outcome::Failed(_), false) => "FAIL",
@@ -242,10 +287,15 @@ impl ConformanceRun {
             );
         }
         s.push_str(&self.entry_summary());
+        for n in self.shared_notes() {
+            let _ = writeln!(s, "\n{n}");
+        }
+        let sum = &self.summary;
+        let shared = if sum.shared > 0 { format!(", {} shared", sum.shared) } else { String::new() };
         let _ = writeln!(
             s,
-            "\n{} passed, {} failed, {} ignored in {:.1} s",
-            self.summary.passed, self.summary.failed, self.summary.ignored, self.summary.seconds
+            "\n{} passed, {} failed, {} ignored{shared} in {:.1} s",
+            sum.passed, sum.failed, sum.ignored, sum.seconds
         );
         s
     }
@@ -272,6 +322,7 @@ impl ConformanceRun {
                 continue;
             }
             let passed = golden.iter().filter(|t| t.outcome == Outcome::Passed).count();
+            let shared = golden.iter().find_map(|t| t.same_computation_as);
             let (lo, hi) = c.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(x.0), h.max(x.0)));
             let max_ulp = c.iter().map(|x| x.1).max().unwrap_or(0);
             let (rlo, rhi) = c.iter().fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(x.2), h.max(x.2)));
@@ -283,7 +334,11 @@ impl ConformanceRun {
                     Truth::IdealMath => "exact-op",
                     Truth::GoldenOperands => "golden-operand",
                 });
-            let verb = if t_is_mutant(&golden) { "rejected" } else { "passed" };
+            let verb = match shared {
+                _ if t_is_mutant(&golden) => "rejected".to_string(),
+                Some(of) => format!("{of}'s computation, within its own contract on"),
+                None => "passed".to_string(),
+            };
             let agreement: Vec<_> =
                 golden.iter().flat_map(|t| &t.agreement_with_cpu).filter(|a| Stage::C.contains(&a.stage)).collect();
             let vs_cpu = if agreement.is_empty() {
@@ -312,6 +367,16 @@ fn t_is_mutant(trials: &[&TrialReport]) -> bool {
 
 /// The one thing worth reading about a trial, on its line.
 fn note(t: &TrialReport) -> String {
+    match (&t.outcome, t.same_computation_as) {
+        (Outcome::Passed, Some(of)) => match own_note(t) {
+            n if n.is_empty() => format!("= {of}'s computation"),
+            n => format!("= {of}'s computation; {n}"),
+        },
+        _ => own_note(t),
+    }
+}
+
+fn own_note(t: &TrialReport) -> String {
     match (&t.outcome, &t.invariance) {
         (Outcome::Failed(r) | Outcome::Ignored(r), _) => first_line(r),
         (Outcome::Passed, Some(inv)) => {
@@ -346,13 +411,6 @@ fn first_line(s: &str) -> String {
     if s.len() > MAX { format!("{}...", &s[..s.floor_char_boundary(MAX)]) } else { s.to_string() }
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so a reader
-/// never sees half a file and a failed write loses nothing already there.
-///
-/// The temp name (`.<name>.<pid>-<n>.tmp`) is unique per call: the pid separates processes and a
-/// process-wide counter separates calls within one, threads included. Concurrent writers to one
-/// path therefore never share a temp file; each rename replaces the file whole, so the last one
-/// wins and no reader ever sees a mix. A temp file is removed when its write fails.
 /// Before a run: whether results can later be written at `path`. A symbolic link or a folder at
 /// the path is refused (the atomic rename would replace the link, not write through it), and the
 /// folder is created now, so that a path under a regular file or where nothing can be created
@@ -368,42 +426,81 @@ pub fn prepare_output(path: &Path) -> std::io::Result<()> {
             return Err(Error::new(ErrorKind::InvalidInput, "is a folder, not a file path"));
         }
     }
+    create_parent(path).map(|_| ())
+}
+
+/// The folder `path` goes in, created if missing; a parent that is a regular file is refused,
+/// naming it.
+fn create_parent(path: &Path) -> std::io::Result<&Path> {
+    use std::io::{Error, ErrorKind};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if dir.exists() && !dir.is_dir() {
         return Err(Error::new(ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())));
     }
     std::fs::create_dir_all(dir)
-        .map_err(|e| Error::new(e.kind(), format!("cannot create directory {}: {e}", dir.display())))
+        .map_err(|e| Error::new(e.kind(), format!("cannot create directory {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
+/// Writes `bytes` to `path` through a temp file in the same directory (tempfile's
+/// `NamedTempFile`, synced, then persisted by a rename), so a reader never sees half a file and a
+/// failed write loses nothing already there.
+///
+/// Each call gets its own temp file (`.<name>.<random>.tmp`, created exclusively), so concurrent
+/// writers to one path never share one; each rename replaces the file whole, so the last one wins
+/// and no reader ever sees a mix. The temp file is deleted when the write or the rename fails, and
+/// when the process unwinds before the rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let with = |e: Error, what: String| Error::new(e.kind(), format!("{what}: {e}"));
     let Some(name) = path.file_name() else {
         return Err(Error::new(ErrorKind::InvalidInput, "not a file path"));
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::new(ErrorKind::NotADirectory, format!("{} is not a directory", dir.display())));
+    let dir = create_parent(path)?;
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // A results file is as readable as any file the user creates (tempfile's default is 0600).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut file = builder
+        .tempfile_in(dir)
+        .map_err(|e| Error::new(e.kind(), format!("cannot create a temp file in {}: {e}", dir.display())))?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map(|_| ()).map_err(|e| e.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_results_file_written_before_shared_trials_were_recorded_still_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/conformance-cpu.json");
+        let run = ConformanceRun::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!run.trials.is_empty());
+        // Whatever it recorded, every trial it counted as passed or shared is one of its trials.
+        let s = &run.summary;
+        assert_eq!(s.passed + s.failed + s.ignored + s.shared, run.trials.len(), "{s:?}");
     }
-    std::fs::create_dir_all(dir).map_err(|e| with(e, format!("cannot create directory {}", dir.display())))?;
-    // create_new: never truncate a file this call did not create (a stale temp of a reused pid).
-    let (tmp, mut file) = loop {
-        let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let tmp: PathBuf = dir.join(format!(".{}.{}-{n}.tmp", name.to_string_lossy(), std::process::id()));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(with(e, format!("cannot create a temp file in {}", dir.display()))),
-        }
-    };
-    let result = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| {
-        drop(file);
-        std::fs::rename(&tmp, path)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+
+    /// tempfile creates its files 0600; a results file is as readable as any other the user makes.
+    #[cfg(unix)]
+    #[test]
+    fn a_results_file_gets_the_usual_permissions_and_no_temp_file_stays() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/results.json");
+        write_atomically(&path, b"{}").unwrap();
+        write_atomically(&path, b"[]").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"[]");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let usual = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, usual, "results file mode {mode:o}, a plain file's {usual:o}");
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["results.json"]);
     }
-    result
 }

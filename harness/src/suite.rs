@@ -161,6 +161,7 @@ impl Suite {
             invariance: None,
             agreement_with_cpu: Vec::new(),
             seconds: 0.0,
+            same_computation_as: trial.same_computation_as,
         };
         report.outcome = match self.judge(trial, &mut report) {
             Ok(verdict) => {

@@ -50,6 +50,10 @@ pub struct Trial {
     pub backend: BackendSlot,
     pub entry: &'static Entry,
     pub check: Check,
+    /// An earlier variant of the list that this backend computes with the same arithmetic (the
+    /// CPU emulates numerics, not kernels): this trial repeats its computation, bit for bit, so it
+    /// is judged (by its own contract) but not counted as a pass of its own.
+    pub same_computation_as: Option<EntryId>,
 }
 
 impl Trial {
@@ -76,22 +80,35 @@ impl Trial {
 pub fn list(backends: &[BackendSlot], entries: &[&'static Entry], cases: &[CaseEntry]) -> Vec<Trial> {
     let mut out = Vec::new();
     for b in backends {
-        for &entry in entries {
+        for (i, &entry) in entries.iter().enumerate() {
+            let same_computation_as = same_computation(b, &entries[..i], entry);
+            let trial = |check| Trial { backend: b.clone(), entry, check, same_computation_as };
             let (golden, invariance) = checks_for(entry);
             if golden {
                 for c in cases {
-                    out.push(Trial { backend: b.clone(), entry, check: Check::Golden { case: c.name.clone() } });
+                    out.push(trial(Check::Golden { case: c.name.clone() }));
                 }
                 for shape in boundary_shapes(b, entry) {
-                    out.push(Trial { backend: b.clone(), entry, check: Check::Boundary { shape } });
+                    out.push(trial(Check::Boundary { shape }));
                 }
             }
             if invariance {
-                out.push(Trial { backend: b.clone(), entry, check: Check::Invariance });
+                out.push(trial(Check::Invariance));
             }
         }
     }
     out
+}
+
+/// The first of the `earlier` variants the backend computes exactly as the variant `entry`
+/// (variants face the same checks, so each of `entry`'s trials repeats one of its). Mutants are
+/// never folded: each is judged and counted on its own.
+fn same_computation(slot: &BackendSlot, earlier: &[&'static Entry], entry: &Entry) -> Option<EntryId> {
+    let b = slot.backend.as_ref().ok()?;
+    if entry.is_mutant() || b.supports(entry).is_err() {
+        return None;
+    }
+    earlier.iter().find(|e| !e.is_mutant() && b.supports(e).is_ok() && b.same_results(e, entry)).map(|e| e.id)
 }
 
 /// The layers boundary trials run on: Qwen3-0.6B's, and one with twice its row length, whose
@@ -148,6 +165,10 @@ pub struct TrialReport {
     pub invariance: Option<InvarianceReport>,
     pub agreement_with_cpu: Vec<Agreement>,
     pub seconds: f64,
+    /// The earlier variant whose computation this trial repeats on this backend (see
+    /// [`Trial::same_computation_as`]); absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_computation_as: Option<EntryId>,
 }
 
 impl TrialReport {

@@ -337,6 +337,32 @@ impl PreparedOp for CpuOp {
 mod tests {
     use super::*;
 
+    /// What lets conformance count mixed's and exact's CPU rows once: the CPU claims they are
+    /// standard's computation, and they are, bit for bit; entries it keeps apart differ.
+    #[test]
+    fn entries_the_cpu_calls_one_computation_give_the_same_bits() {
+        use crate::registry::{self, EntryId};
+        let shape = Dims { h: 256, nq: 4, nkv: 2, d: 32 }.with_t(9);
+        let weights = crate::synth::weights(&shape.dims, 5);
+        let x = crate::synth::activations(&shape, 5);
+        let inputs = OpInputs { shape, x: &x, weights: &weights, eps: 1e-6 };
+        let std = EntryId::Standard.entry();
+        for id in [EntryId::Mixed, EntryId::Exact] {
+            assert!(Cpu.same_results(std, id.entry()), "{id}");
+        }
+        assert!(!Cpu.same_results(std, EntryId::F32.entry()));
+        let run = |e| crate::run_once(&Cpu, e, &inputs).unwrap();
+        let base = run(std);
+        for e in registry::all().iter().filter(|e| Cpu.supports(e).is_ok() && e.id != std.id) {
+            let same = run(e) == base;
+            if Cpu.same_results(std, e) {
+                assert!(same, "{} is called standard's computation but differs", e.name);
+            } else if !matches!(e.fault, Some(Fault::RunVariantOrder | Fault::BatchVariantOrder { .. })) {
+                assert!(!same, "{} is kept apart from standard but gives its bits", e.name);
+            }
+        }
+    }
+
     #[test]
     fn next_up_moves_one_ulp_toward_positive_infinity() {
         for v in [1.0f32, -1.0, 0.0, -0.0, 3.5e-38, -2.0e5] {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use fusegate_harness::cancel::{Cancel, Ran};
 use fusegate_harness::results::Environment;
 use fusegate_kernels::cpu::Cpu;
 use fusegate_kernels::registry::Role;
@@ -60,10 +61,33 @@ pub fn default_golden_root() -> PathBuf {
 
 /// Runs the check; `progress` hears a line per step (a model loaded, an entry judged).
 pub fn run(backend: &dyn Backend, opts: &Options, progress: &dyn Fn(&str)) -> Result<ModelCheckRun, GateError> {
+    match run_until(backend, opts, progress, &Cancel::new())? {
+        Ran::Complete(run) | Ran::Interrupted { partial: run, .. } => Ok(run),
+    }
+}
+
+/// The steps of a whole check: per model, every entry and every control.
+pub fn planned_steps(backend: &dyn Backend, opts: &Options) -> usize {
+    let entries = if opts.entries.is_empty() { default_entries(backend).len() } else { opts.entries.len() };
+    opts.goldens.len() * (entries + if opts.controls { CONTROLS.len() } else { 0 })
+}
+
+/// [`run`], stopping when `cancel` is requested: no entry or control starts after that, and the
+/// check comes back as [`Ran::Interrupted`] with what finished.
+pub fn run_until(
+    backend: &dyn Backend,
+    opts: &Options,
+    progress: &dyn Fn(&str),
+    cancel: &Cancel,
+) -> Result<Ran<ModelCheckRun>, GateError> {
     let start = Instant::now();
     let entries = if opts.entries.is_empty() { default_entries(backend) } else { opts.entries.clone() };
     let mut models = Vec::new();
+    let steps = Steps { cancel, done: std::cell::Cell::new(0) };
     for dir in &opts.goldens {
+        if cancel.requested() {
+            break;
+        }
         if !dir.join(MANIFEST).is_file() {
             return Err(GateError::NoGolden(dir.clone()));
         }
@@ -72,15 +96,34 @@ pub fn run(backend: &dyn Backend, opts: &Options, progress: &dyn Fn(&str)) -> Re
             "{}: loaded ({:?}, {} layers)",
             model.name, model.regime, model.weights.config.num_hidden_layers
         ));
-        models.push(check_model(backend, &model, &entries, opts.controls, progress)?);
+        models.push(check_model(backend, &model, &entries, opts.controls, progress, &steps)?);
     }
-    Ok(ModelCheckRun {
+    let run = ModelCheckRun {
         schema: ModelSchema::default(),
         backend: backend.id(),
         environment: Environment::capture(backend.device()),
         models,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    let (ran, planned) = (steps.done.get(), planned_steps(backend, opts));
+    Ok(if ran < planned { Ran::Interrupted { partial: run, ran, planned } } else { Ran::Complete(run) })
+}
+
+/// The steps done so far, and whether to start another.
+struct Steps<'a> {
+    cancel: &'a Cancel,
+    done: std::cell::Cell<usize>,
+}
+
+impl Steps<'_> {
+    /// Whether the next step may start.
+    fn go(&self) -> bool {
+        !self.cancel.requested()
+    }
+
+    fn done(&self) {
+        self.done.set(self.done.get() + 1);
+    }
 }
 
 fn check_model(
@@ -89,11 +132,15 @@ fn check_model(
     entries: &[&'static Entry],
     controls: bool,
     progress: &dyn Fn(&str),
+    steps: &Steps,
 ) -> Result<ModelReport, GateError> {
     let mut reports: Vec<EntryReport> = Vec::new();
     // The host passes the device passes are compared with, one per distinct CPU computation.
     let mut host_refs: Vec<(&'static Entry, Vec<PromptRecord>)> = Vec::new();
     for &entry in entries {
+        if !steps.go() {
+            break;
+        }
         let start = Instant::now();
         // An entry the backend computes exactly as one already judged is reported, not rerun.
         let same = reports.iter().find(|r| backend.same_results(r.entry.entry(), entry));
@@ -127,10 +174,14 @@ fn check_model(
             _ => None,
         };
         reports.push(EntryReport { entry: entry.id, mutant_of, same_as, judged, host_agreement });
+        steps.done();
     }
     let (mut control_reports, mut resolution) = (Vec::new(), None);
     if controls {
         for c in &CONTROLS {
+            if !steps.go() {
+                break;
+            }
             let (judged, as_expected) = model.judge_control(backend, c)?;
             progress(&format!("{}: {} {}", model.name, c.name, if as_expected { "as it must" } else { "WRONG" }));
             if let (Perturbation::RelativeNoise { size, .. }, Expect::Rejected { .. }, true) =
@@ -146,6 +197,7 @@ fn check_model(
                 judged,
                 as_expected,
             });
+            steps.done();
         }
     }
     let prompts = &model.golden.manifest.prompts;

@@ -1,7 +1,10 @@
 //! The conformance suite under `cargo test` / `cargo nextest run`: the same trial list as
 //! `cargo xtask conform`, one libtest trial per (backend, entry, case). A variant's trial passes
 //! when it meets its contract; a mutant's trial passes only when the contract rejects it. CUDA
-//! trials are listed on every machine and ignored, with the reason, where there is no GPU.
+//! trials are listed on every machine and ignored, with the reason, where there is no GPU. A
+//! variant the backend computes exactly as an earlier one (on the CPU, mixed and exact are
+//! standard's emulation) still runs, judged by its own contract, but as kind `shared`: its pass is
+//! not one of its own, as in `conform`'s summary.
 
 use fusegate_harness::conform::DEFAULT_SEED;
 use fusegate_harness::{Outcome, backends};
@@ -30,7 +33,11 @@ fn main() -> ExitCode {
         .into_iter()
         .map(|trial| {
             let ignored = trial.skip_reason().is_some();
-            let kind = if trial.entry.is_mutant() { "mutant" } else { "variant" };
+            let kind = match (trial.entry.is_mutant(), trial.same_computation_as) {
+                (true, _) => "mutant",
+                (false, Some(_)) => "shared",
+                (false, None) => "variant",
+            };
             let suite = Arc::clone(&suite);
             Trial::test(trial.name(), move || match suite.run(&trial).outcome {
                 Outcome::Passed => Ok(()),

@@ -23,5 +23,7 @@ fn the_readme_quotes_the_cpu_runs_trial_and_case_counts() {
     let text = readme();
     let plan = conform::plan(&Options { backend: Choice::Cpu, ..Options::default() }).expect("the CPU plan");
     assert_eq!(number_before(&text, " trials over "), plan.trials.len(), "README.md: trials of the CPU run");
-    assert_eq!(number_before(&text, " golden cases)"), plan.suite.manifest.cases.len(), "README.md: golden cases");
+    assert_eq!(number_before(&text, " golden cases"), plan.suite.manifest.cases.len(), "README.md: golden cases");
+    let shared = plan.trials.iter().filter(|t| t.same_computation_as.is_some()).count();
+    assert_eq!(number_before(&text, " shared`)"), shared, "README.md: rows the CPU computes once");
 }

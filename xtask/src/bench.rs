@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: device-time benchmarks of the GPU variants and PyTorch baselines.
 
 use crate::outputs::results_dir;
-use crate::progress::terminal_bar;
+use crate::progress::Progress;
 use anyhow::{Context, bail};
 use fusegate_bench::criterion_gpu::{self, Baseline};
 use fusegate_bench::noise::NoiseThreshold;
@@ -13,7 +13,6 @@ use fusegate_bench::{report, select};
 use fusegate_harness::results::write_atomically;
 use fusegate_kernels::cuda::Cuda;
 use fusegate_kernels::registry::{self, CudaImpl};
-use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -155,33 +154,26 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A bar over the measurement matrix on a terminal with each line printed above it; elsewhere
-/// the lines alone (indicatif prints nothing through a hidden bar).
-struct Bar(Option<ProgressBar>);
+/// the lines alone.
+struct Bar(Progress);
 
 impl Bar {
     fn new(measurements: usize) -> Bar {
-        Bar(terminal_bar("bench", measurements as u64, "eta {eta}"))
+        Bar(Progress::new("bench", measurements as u64))
     }
 
     fn event(&self, event: Event) {
-        let line = match event {
-            Event::Note(line) | Event::Measured { line, .. } => line,
-        };
-        match &self.0 {
-            Some(bar) => {
-                bar.println(line);
-                if let Event::Measured { done, .. } = event {
-                    bar.set_position(done as u64);
-                }
+        match event {
+            Event::Note(line) => self.0.println(line),
+            Event::Measured { line, .. } => {
+                self.0.println(line);
+                self.0.step("");
             }
-            None => println!("{line}"),
         }
     }
 
     fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
+        self.0.finish();
     }
 }
 

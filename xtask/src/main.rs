@@ -6,6 +6,7 @@ mod bench_model;
 mod bundle;
 mod conform;
 mod golden;
+mod interrupt;
 mod kernels;
 mod model_check;
 mod outputs;

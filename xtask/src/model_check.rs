@@ -6,17 +6,16 @@ use fusegate_harness::backends::Choice;
 use fusegate_harness::conform::resolve_backend;
 use fusegate_harness::results::{prepare_output, write_atomically};
 use fusegate_kernels::EntryId;
-use fusegate_model::check::default_entries;
-use fusegate_model::controls::CONTROLS;
 use fusegate_model::gate::{self, Options};
 use fusegate_model::report;
-use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::interrupt::{self, EXIT_INTERRUPTED};
 use crate::outputs::results_dir;
-use crate::progress::terminal_bar;
+use crate::progress::Progress;
 use fusegate_bench::schema::slug;
+use fusegate_harness::cancel::Ran;
 
 /// Judge registry entries inside a Qwen3 forward pass against HF's goldens and noise floor.
 #[derive(clap::Args)]
@@ -55,33 +54,6 @@ fn parse_choice(s: &str) -> Result<Choice, String> {
     s.parse()
 }
 
-/// A progress bar on a terminal (a judged entry is a step); elsewhere one line per step.
-struct Progress(Option<ProgressBar>);
-
-impl Progress {
-    fn new(steps: u64) -> Progress {
-        Progress(terminal_bar("model-check", steps, "{msg}"))
-    }
-
-    fn step(&self, line: &str) {
-        match &self.0 {
-            Some(bar) => {
-                bar.set_message(line.to_string());
-                if !line.contains(": loaded") {
-                    bar.inc(1);
-                }
-            }
-            None => eprintln!("model-check: {line}"),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(json) = &a.json {
         prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
@@ -117,13 +89,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     notes.iter().for_each(|n| println!("{n}"));
     let backend = slot.backend.map_err(|why| anyhow::anyhow!("--backend: {why}"))?;
     let entries: Vec<_> = a.variants.iter().map(|id| id.entry()).collect();
-    let steps_per_model = if entries.is_empty() { default_entries(backend.as_ref()).len() } else { entries.len() }
-        + if a.no_controls { 0 } else { CONTROLS.len() };
-    let progress = Progress::new((goldens.len() * steps_per_model) as u64);
     let opts = Options { goldens, checkpoint: a.model, entries, controls: !a.no_controls };
-    let run = gate::run(backend.as_ref(), &opts, &|line| progress.step(line));
+    let cancel = interrupt::install();
+    let progress = Progress::new("model-check", gate::planned_steps(backend.as_ref(), &opts) as u64);
+    let hear = |line: &str| {
+        // A model loaded is news, not a step.
+        if line.contains(": loaded") {
+            progress.message(line)
+        } else {
+            progress.step(line)
+        }
+        progress.log(&format!("model-check: {line}"));
+    };
+    let ran = gate::run_until(backend.as_ref(), &opts, &hear, cancel);
     progress.finish();
-    let run = run?;
+    let run = match ran? {
+        Ran::Complete(run) => run,
+        stopped => {
+            print!("{}", report::markdown(stopped.result(), &|_| String::new()));
+            println!("{}", stopped.interrupted_line("steps").unwrap_or_default());
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+    };
     // Only a whole check (every committed model, every entry, the controls) may replace the
     // results file a decision reads; a partial one goes beside it.
     let whole = partial.is_empty();
@@ -135,16 +122,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let stem = json.file_stem().map_or(default, |s| s.to_string_lossy().into_owned());
     let dir = json.parent().map(PathBuf::from).unwrap_or_default();
     let svg_name = |model: &str| format!("{stem}-{model}.svg");
-    for m in &run.models {
-        let svg = report::drift_svg(m).map_err(|e| anyhow::anyhow!("plotting {}: {e}", m.name))?;
-        let path = dir.join(svg_name(&m.name));
-        write_atomically(&path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    }
     let md = report::markdown(&run, &svg_name);
-    let md_path = json.with_extension("md");
-    write_atomically(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;
-    let bytes = serde_json::to_vec_pretty(&run).context("serialising results")?;
-    write_atomically(&json, &bytes).with_context(|| format!("writing {}", json.display()))?;
+    // The report, plots and results are written together: Ctrl-C waits until they are.
+    interrupt::uninterrupted(|| -> anyhow::Result<()> {
+        for m in &run.models {
+            let svg = report::drift_svg(m).map_err(|e| anyhow::anyhow!("plotting {}: {e}", m.name))?;
+            let path = dir.join(svg_name(&m.name));
+            write_atomically(&path, svg.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let md_path = json.with_extension("md");
+        write_atomically(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;
+        let bytes = serde_json::to_vec_pretty(&run).context("serialising results")?;
+        write_atomically(&json, &bytes).with_context(|| format!("writing {}", json.display()))
+    })?;
     print!("{md}");
     if !whole {
         println!("a partial run ({}): written beside, never over, the whole check's file", partial.join(", "));
