@@ -180,7 +180,7 @@ impl Entry {
 // inv_rms: two fp32 sums of squares over the same H terms in different orders differ by
 // O(sqrt(H)) ulp, so the bound is 4 + sqrt(H)/2 fp32 ulps (H = 1024: 20; H = 8192: 50). Measured
 // (numpy, fp32 orders against the exact sum, thousands of normal and t(2) heavy-tailed rows per
-// H; NOTES: "inv_rms error model"): a 256-thread block reduction (the GPU's) and pairwise summation
+// H; ARCHITECTURE.md, "Error models"): a 256-thread block reduction (the GPU's) and pairwise summation
 // stay within 3 ulp of exact at every H up to 16384; 8 interleaved lanes (the CPU emulation's
 // order) reach 4, 12, 16, 37 ulp at H = 1024, 4096, 8192, 16384, i.e. ~0.28 sqrt(H), and a single
 // sequential sum ~0.77 sqrt(H). A fixed 8 failed every honest CPU variant above H ~ 5000.

@@ -10,7 +10,7 @@
 //! - The rounding points, given each entry's own upstream stage ([`rounding_point_misses`]): every
 //!   element of A, B, q, k, v of `mixed`, `exact` and `standard` is what HF's rounding point makes
 //!   of the entry's own inv_rms, A, B (q, k, v up to fp32 accumulation's worst-case error), on any
-//!   shape; the mutants that move a rounding point or bias an output miss it on every problem.
+//!   shape; the mutants that move a rounding point miss it on every problem.
 //! - The whole contracts. Against this reference, contracts that judged bit-exactness end to end
 //!   failed on small shapes although every rounding point held: a 1-ulp difference in inv_rms,
 //!   from another summation order, flips one A element of a row of ~200 and ~7% of that row's
@@ -113,6 +113,32 @@ fn measurable_problem() -> impl Strategy<Value = Problem> {
             (Just(Dims { h, nq, nkv, d }.with_t(t_min)), t_min..=9, data_params())
         })
         .prop_map(|(s, t, (seed, x_log2, w_std))| Problem { shape: s.with_t(t), seed, x_log2, w_std })
+}
+
+/// The sweep across the ranges a user's model may have: H 8..=8192 and T 1..=2048 (log-uniform),
+/// D 8..=256, 1-4 q heads and 1-2 kv heads, activations from 2^-8 to 2^16, under a work budget
+/// (T N H <= 2^23 multiply-adds: T shrinks to fit, so the whole sweep runs in seconds). Shapes
+/// stay measurable (rows of q, k, v >= 32 elements, stages >= 256: [`measurable_problem`]).
+/// Not swept (issue 11, open): rows whose squares underflow fp32 (|x| < ~2^-75, down to bf16's
+/// subnormals). There inv_rms is rsqrt(eps), whose last bit differs between implementations, and
+/// x * r lands on bf16 ties often: a 1-ulp flip of A is HF's rounding point applied to the
+/// candidate's own r (the conditional view passes), but w * A then differs by up to ceil(|w|) + 1
+/// ulps at B, over the end-to-end bound of 1 (found here: standard, h 66, t 256, x ~ 2^-101,
+/// b and k 2 ulps). Nor rows whose squares overflow fp32 (|x| > 2^64), where HF's output is 0 and
+/// f32's claim against the exact op cannot hold.
+fn sweep_problem() -> impl Strategy<Value = Problem> {
+    let log2 = |lo: u32, hi: u32| (lo..=hi, 0.0f64..1.0).prop_map(|(e, f)| (f64::from(e) + f).exp2() as usize);
+    let x_log2 = -8i32..=16;
+    let scale = (any::<u64>(), x_log2, prop::sample::select(vec![0.02, 0.1, 0.5]));
+    let heads = (prop::sample::select(vec![8usize, 16, 32, 64, 128, 256]), 1usize..=4, 1usize..=2);
+    (log2(3, 13), log2(0, 11), heads, scale).prop_map(|(h, t, (d, nq, nkv), (seed, x_log2, w_std))| {
+        let (h, d) = (h.clamp(8, 8192), d.max(32 / nkv));
+        let nq = nq.max(32usize.div_ceil(d));
+        let n = (nq + 2 * nkv) * d;
+        let t_min = 256usize.div_ceil(nkv * d);
+        let t = t.clamp(1, 2048).min((1 << 23) / (n * h)).max(t_min);
+        Problem { shape: Dims { h, nq, nkv, d }.with_t(t), seed, x_log2, w_std }
+    })
 }
 
 impl Problem {
@@ -353,11 +379,34 @@ proptest! {
         for (stage, ratio, _, golden_err) in f32_stage_c(&judged) {
             prop_assert!(golden_err > 0.0 && ratio < 1.0, "f32 {}: error ratio {} on {:?}", stage, ratio, p);
         }
-        // The rounding-point check can fail: the mutants that move a rounding point (or bias an
-        // output) miss it on every such problem.
-        let mutants = [EntryId::MutantRoundOnce, EntryId::MutantSkipWeight, EntryId::MutantUlpBias];
+        // The rounding-point check can fail: the mutants that move a rounding point miss it on
+        // every such problem. (A bias of one output in 1024 touches 1-3 outputs here, each
+        // explained when it lies in its tie zone, fp32 accumulation's worst-case error: found on
+        // 1 draw in a few hundred. The golden cases reject it on every case: README.)
+        let mutants = [EntryId::MutantRoundOnce, EntryId::MutantSkipWeight];
         for j in judge(&p, mutants.iter().map(|id| id.entry())) {
             prop_assert!(j.misses.iter().any(|&(_, n)| n > 0), "{} explained on {:?}", j.id, p);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(seeded(48))]
+
+    #[test]
+    fn across_the_sweep_every_cpu_variant_meets_its_whole_contract_and_keeps_its_rounding_points(
+        p in sweep_problem()
+    ) {
+        let judged = judge(&p, registry::variants());
+        for j in &judged {
+            prop_assert!(j.verdict.passed(), "{} on {:?}: {:?}", j.id, p, j.verdict);
+            prop_assert!(j.misses.iter().all(|&(_, n)| n == 0), "{} on {:?}: {:?}", j.id, p, j.misses);
+        }
+        // The rounding-point mutants. (Not the bias of 1 output in 1024: at large H an output
+        // that cancels has a tie zone (fp32 accumulation's worst-case error) several bf16 ulps
+        // wide, and a biased output there is explained; the measurable property above judges it.)
+        for j in judge(&p, [EntryId::MutantRoundOnce, EntryId::MutantSkipWeight].map(EntryId::entry).into_iter()) {
+            prop_assert!(!j.verdict.passed(), "{} accepted on {:?}", j.id, p);
         }
     }
 }
