@@ -348,10 +348,17 @@ impl ConformanceRun {
                 let ulp = agreement.iter().map(|a| a.max_ulp).max().unwrap_or(0);
                 format!("; vs its CPU emulation: >= {:.2}% bit-identical, max {ulp} ulp", 100.0 * lo)
             };
+            // A mutant's weakest rejection, a variant's least headroom, over its golden cases.
+            let margins = golden.iter().filter_map(|t| t.margin);
+            let margin = if t_is_mutant(&golden) {
+                margins.reduce(f64::min).map_or(String::new(), |m| format!("; rejected by >= {m:.2}x its bound"))
+            } else {
+                margins.reduce(f64::max).map_or(String::new(), |m| format!("; worst figure at {m:.2}x its bound"))
+            };
             let _ = writeln!(
                 s,
                 "  {backend}/{entry}: {verb} {passed}/{}; bit-identical to PyTorch on {:.2}-{:.2}% of outputs, \
-                 max {max_ulp} ulp; error to the {truth} fp64 truth {rlo:.3}-{rhi:.3}x PyTorch's{vs_cpu}",
+                 max {max_ulp} ulp; error to the {truth} fp64 truth {rlo:.3}-{rhi:.3}x PyTorch's{vs_cpu}{margin}",
                 golden.len(),
                 100.0 * lo,
                 100.0 * hi,

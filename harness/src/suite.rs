@@ -162,6 +162,7 @@ impl Suite {
             agreement_with_cpu: Vec::new(),
             seconds: 0.0,
             same_computation_as: trial.same_computation_as,
+            margin: None,
         };
         report.outcome = match self.judge(trial, &mut report) {
             Ok(verdict) => {
@@ -202,6 +203,7 @@ impl Suite {
             report.agreement_with_cpu = agreement(&observed, &emulated, &p.shape);
         }
         let (verdict, stages) = verdict::evaluate(&contract, &observed, &p.reference, &p.truths, &inputs);
+        report.margin = verdict::margin(&stages, &p.shape);
         report.stages = stages;
         Ok(verdict)
     }

@@ -169,6 +169,11 @@ pub struct TrialReport {
     /// [`Trial::same_computation_as`]); absent in files written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub same_computation_as: Option<EntryId>,
+    /// How far past its contract's bounds the worst stage figure lands (`verdict::margin`): a
+    /// mutant's rejection strength, a variant's headroom. Absent in files from before it was
+    /// recorded, and for trials judged without stages (invariance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
 }
 
 impl TrialReport {

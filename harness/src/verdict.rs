@@ -73,70 +73,123 @@ fn list(stage: Stage, shape: &Shape, flats: &[usize]) -> String {
     flats.iter().map(|&i| coords(stage, shape, i)).collect::<Vec<_>>().join(" ")
 }
 
-/// Checks one stage against its bound; returns the reasons it fails.
-fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String> {
+/// One bounded figure of a stage: what was measured, what the bound allows, and the reason
+/// it gives when over.
+struct Judged {
+    measured: f64,
+    allowed: f64,
+    reason: String,
+}
+
+impl Judged {
+    fn over(&self) -> bool {
+        self.measured.is_nan() || self.measured > self.allowed
+    }
+    /// measured / allowed: above 1 the bound is broken, by that factor. A count allowed none
+    /// reads 0 when none is seen and 1 + the count otherwise (a finite margin past a zero bound).
+    fn margin(&self) -> f64 {
+        match (self.allowed > 0.0, self.measured > 0.0) {
+            (true, _) => self.measured / self.allowed,
+            (false, false) => 0.0,
+            (false, true) => 1.0 + self.measured,
+        }
+    }
+}
+
+/// Every bounded figure of one stage.
+fn judged(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<Judged> {
     let (s, c) = (report.stage, &report.comparison);
-    let mut why = Vec::new();
-    if c.class_mismatches > 0 {
-        why.push(format!(
-            "{s}: {} NaN/Inf positions differ from PyTorch (first: {})",
-            c.class_mismatches,
-            list(s, shape, &c.first_class_mismatch)
-        ));
-    }
-    // Where the stage's rounding point is judged on the candidate's own inputs, its distance to
-    // the golden is inherited noise (a 1-ulp flip of A becomes up to ceil(|w|) + 1 ulps of B),
-    // bounded upstream by inv_rms's bound and the exact rounding points in between: the
-    // conditional view replaces the end-to-end ULP and bit-exact bounds there.
-    let conditional = bound.min_bit_exact > 0.0 && report.own_input_misses.is_some();
-    if let Some(max_ulp) = bound.max_ulp_on(shape)
-        && !conditional
-        && c.max_scaled_ulp > max_ulp
-    {
-        why.push(format!(
-            "{s}: max ulp {} > {max_ulp} (at {})",
-            c.max_scaled_ulp,
-            list(s, shape, &c.offenders_over(max_ulp))
-        ));
-    }
-    // Bit-exactness measures where the rounding points are. Where the candidate's own inputs to
-    // the stage are known it is judged there, exactly (an honest rounding point never misses);
-    // end to end, against the golden, only where they are not.
-    match report.own_input_misses {
-        Some(misses) if bound.min_bit_exact > 0.0 && misses > 0 => why.push(format!(
-            "{s} (own inputs): {misses} of {} elements are not HF's rounding point applied to the candidate's own inputs",
-            s.len(shape)
-        )),
-        Some(_) if bound.min_bit_exact > 0.0 => {}
-        _ if c.bit_exact_fraction() < bound.min_bit_exact => why.push(format!(
-            "{s}: bit-exact {:.4}% < {:.4}% (worst at {})",
-            100.0 * c.bit_exact_fraction(),
-            100.0 * bound.min_bit_exact,
-            list(s, shape, &c.worst.iter().map(|w| w.0).collect::<Vec<_>>())
-        )),
-        _ => {}
-    }
+    let n = s.len(shape);
+    let mut out = Vec::new();
     let truth_name = |t: Truth| match t {
         Truth::IdealMath => "ideal",
         Truth::GoldenOperands => "golden-operand",
     };
-    if let Some(max) = bound.max_ratio_over(s.len(shape)) {
-        let ratio = report.error_ratio(bound.truth);
-        if ratio.is_nan() || ratio > max {
-            why.push(format!("{s}: error ratio to {} truth {ratio:.3} > {max:.3}", truth_name(bound.truth)));
+    out.push(Judged {
+        measured: c.class_mismatches as f64,
+        allowed: 0.0,
+        reason: format!(
+            "{s}: {} NaN/Inf positions differ from PyTorch (first: {})",
+            c.class_mismatches,
+            list(s, shape, &c.first_class_mismatch)
+        ),
+    });
+    // Where the stage's rounding point is judged on the candidate's own inputs, its distance to
+    // the golden is inherited noise (a 1-ulp flip of A becomes up to ceil(|w|) + 1 ulps of B),
+    // bounded upstream by inv_rms's bound and the exact rounding points in between: the
+    // conditional view replaces the end-to-end ULP and bit-exact bounds there. (Judged exactly:
+    // an honest rounding point never misses.)
+    match report.own_input_misses {
+        Some(misses) if bound.min_bit_exact > 0.0 => out.push(
+            Judged {
+                measured: misses as f64,
+                allowed: 0.0,
+                reason: format!(
+                    "{s} (own inputs): {misses} of {n} elements are not HF's rounding point applied to the candidate's own inputs"
+                ),
+            },
+        ),
+        _ => {
+            if let Some(max_ulp) = bound.max_ulp_on(shape) {
+                out.push(
+                    Judged {
+                        measured: c.max_scaled_ulp as f64,
+                        allowed: max_ulp as f64,
+                        reason: format!(
+                            "{s}: max ulp {} > {max_ulp} (at {})",
+                            c.max_scaled_ulp,
+                            list(s, shape, &c.offenders_over(max_ulp))
+                        ),
+                    },
+                );
+            }
+            if bound.min_bit_exact > 0.0 {
+                out.push(
+                    Judged {
+                        measured: (1.0 - c.bit_exact_fraction()) * n as f64,
+                        allowed: (1.0 - bound.min_bit_exact) * n as f64,
+                        reason: format!(
+                            "{s}: bit-exact {:.4}% < {:.4}% (worst at {})",
+                            100.0 * c.bit_exact_fraction(),
+                            100.0 * bound.min_bit_exact,
+                            list(s, shape, &c.worst.iter().map(|w| w.0).collect::<Vec<_>>())
+                        ),
+                    },
+                );
+            }
         }
+    }
+    if let Some(max) = bound.max_ratio_over(n) {
+        let ratio = report.error_ratio(bound.truth);
+        let reason = format!("{s}: error ratio to {} truth {ratio:.3} > {max:.3}", truth_name(bound.truth));
+        out.push(Judged { measured: ratio, allowed: max, reason });
     }
     if let (Some(r), Some(misses)) = (bound.rounded_from, report.rounding_misses) {
-        let allowed = r.allowed(s.len(shape));
-        if misses > allowed {
-            why.push(format!(
-                "{s}: {misses} of {} elements are not the {} truth rounded to bf16 (rounding point; allowed {allowed})",
-                s.len(shape),
-                truth_name(r.truth)
-            ));
-        }
+        let allowed = r.allowed(n);
+        let reason = format!(
+            "{s}: {misses} of {n} elements are not the {} truth rounded to bf16 (rounding point; allowed {allowed})",
+            truth_name(r.truth)
+        );
+        out.push(Judged { measured: misses as f64, allowed: allowed as f64, reason });
     }
-    why
+    out
+}
+
+/// Checks one stage against its bound; returns the reasons it fails.
+fn check(report: &StageReport, bound: &StageBound, shape: &Shape) -> Vec<String> {
+    judged(report, bound, shape).into_iter().filter(Judged::over).map(|j| j.reason).collect()
+}
+
+/// How far past its bounds a trial's worst stage figure lands: above 1 the contract rejects it
+/// by that factor (a mutant's margin), at or below 1 the headroom left (a variant's). Reports
+/// written before a bound existed are measured by the bounds they carry.
+pub fn margin(reports: &[StageReport], shape: &Shape) -> Option<f64> {
+    reports
+        .iter()
+        .filter_map(|r| r.bound.as_ref().map(|b| judged(r, b, shape)))
+        .flatten()
+        .map(|j| if j.measured.is_nan() { f64::INFINITY } else { j.margin() })
+        .reduce(f64::max)
 }
 
 /// Measures every stage the candidate observed and judges the bounded ones, end to end against

@@ -126,6 +126,9 @@ fn every_variant_reproduces_pytorchs_nan_and_inf_positions_stage_by_stage() {
         // The harness's own metric agrees: no stage reports a NaN/Inf mismatch.
         let (_, reports) = verdict::evaluate(&entry.contract(), &obs, &case.reference, &truths, &case.inputs());
         assert_eq!(reports.len(), obs.len(), "{}", entry.name);
+        // Within every bound: the worst figure is at most its bound.
+        let margin = verdict::margin(&reports, &case.shape).expect("bounded stages");
+        assert!(margin <= 1.0, "{}: margin {margin}", entry.name);
         for r in &reports {
             assert_eq!(r.comparison.class_mismatches, 0, "{} {}", entry.name, r.stage);
         }
@@ -161,6 +164,9 @@ fn the_unwritten_mutant_is_caught_by_the_nan_position_rule_and_only_there() {
     let contract = EntryId::MutantUnwritten.entry().contract();
     let (verdict, reports) = verdict::evaluate(&contract, &mutant, &case.reference, &truths, &case.inputs());
     let Verdict::Fail { reasons } = verdict else { panic!("{} accepted on {NONFINITE}", EntryId::MutantUnwritten) };
+    // Its margin says by how much: one NaN/Inf mismatch where none is allowed reads 2x.
+    let margin = verdict::margin(&reports, &case.shape).expect("bounded stages");
+    assert!(margin >= 2.0, "margin {margin}");
     let on_q: Vec<&String> = reasons.iter().filter(|r| r.starts_with("q:")).collect();
     assert_eq!(on_q.len(), 1, "{reasons:?}");
     assert!(on_q[0].contains("1 NaN/Inf positions differ") && on_q[0].contains("q[4, 2, 0]"), "{}", on_q[0]);
