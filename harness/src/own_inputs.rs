@@ -42,26 +42,12 @@ pub fn misses(inputs: &OpInputs, candidate: &Observed) -> BTreeMap<Stage, usize>
     let a_of_r = r
         .as_ref()
         .map(|r| inputs.x.iter().enumerate().map(|(i, x)| bf16::from_f32(x.to_f32() * r[i / h])).collect::<Vec<_>>());
-    let a = match (own(Stage::A).and_then(StageData::as_bf16), &a_of_r) {
-        (Some(a), Some(expected)) => {
-            out.insert(Stage::A, count_differing(a, expected));
-            Some(a.to_vec())
-        }
-        (Some(a), None) => Some(a.to_vec()),
-        (None, expected) => expected.clone(),
-    };
+    let a = anchor(Stage::A, own(Stage::A).and_then(StageData::as_bf16), a_of_r, &mut out);
     let b_of_a = a.as_ref().map(|a| {
         let w = &inputs.weights.norm;
         a.iter().enumerate().map(|(i, a)| bf16::from_f32(w[i % h].to_f32() * a.to_f32())).collect::<Vec<_>>()
     });
-    let b = match (own(Stage::B).and_then(StageData::as_bf16), &b_of_a) {
-        (Some(b), Some(expected)) => {
-            out.insert(Stage::B, count_differing(b, expected));
-            Some(b.to_vec())
-        }
-        (Some(b), None) => Some(b.to_vec()),
-        (None, expected) => expected.clone(),
-    };
+    let b = anchor(Stage::B, own(Stage::B).and_then(StageData::as_bf16), b_of_a, &mut out);
     let Some(b) = b.filter(|b| b.len() == s.t * h) else { return out };
     let (qw, kw, n) = (s.q_width(), s.kv_width(), s.n());
     let qkv = inputs.weights.qkv.iter().map(|v| f64::from(v.to_f32())).collect::<Vec<_>>();
@@ -115,6 +101,25 @@ fn dot_and_magnitude(b: &[f64], w: &[f64]) -> (f64, f64) {
         m[0] += (b * w).abs();
     }
     (e.iter().sum(), m.iter().sum())
+}
+
+/// Where the chain goes on from at `stage`: the candidate's own values where it observed them
+/// (judged against `expected`, HF's rounding point applied to its own upstream, where that is
+/// known), else `expected`.
+fn anchor(
+    stage: Stage,
+    observed: Option<&[bf16]>,
+    expected: Option<Vec<bf16>>,
+    misses: &mut BTreeMap<Stage, usize>,
+) -> Option<Vec<bf16>> {
+    match (observed, expected) {
+        (Some(own), Some(expected)) => {
+            misses.insert(stage, count_differing(own, &expected));
+            Some(own.to_vec())
+        }
+        (Some(own), None) => Some(own.to_vec()),
+        (None, expected) => expected,
+    }
 }
 
 fn count_differing(got: &[bf16], expected: &[bf16]) -> usize {
