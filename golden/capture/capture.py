@@ -6,9 +6,15 @@ re-implementation) followed by F.linear on bf16 tensors, on the GPU the script r
 
     python3 golden/capture/capture.py [--cases golden/capture/cases.json] [--out golden/data]
         [--only NAME ...] [--device cuda]
+    python3 golden/capture/capture.py --shape h=4096,nq=2,nkv=1,d=64,t=7 [--x heavy] [--seed N]
+        [--out target/fusegate/golden]
 
 Writes <out>/weights/<name>.safetensors, <out>/cases/<name>.safetensors and <out>/manifest.json
-(with each file's sha256). Exit 2 with one line when torch/transformers/CUDA are missing.
+(with each file's sha256). `--only` and `--shape` add to an existing manifest at <out> (replacing
+entries of the same name; weight files already there with the same spec are kept byte for byte),
+so adding a case never rewrites the others. `--shape` captures one case of any layer shape, for a
+user's own model: check it with `cargo xtask conform --golden <out>`.
+Exit 2 with one line when torch/transformers/CUDA are missing or an argument is bad.
 """
 
 import argparse
@@ -120,6 +126,18 @@ def make_x(spec, t, h, g):
     elif kind == "nonfinite":
         for row, col, what in spec["cells"]:
             x[row, col] = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}[what]
+    elif kind == "rows":
+        # Rows across bf16's range: row i is normal noise times scales[i] (rows past the list stay
+        # normal). 1e-30: the fp32 sum of squares underflows to 0, so inv_rms = rsqrt(eps); 1e-39:
+        # bf16 subnormals; 1e20: x^2 overflows fp32, so inv_rms = 0 and the row normalises to 0.
+        for i, scale in enumerate(spec["scales"][:t]):
+            x[i] = x[i] * scale
+    elif kind == "heavy":
+        # Student's t with `df` degrees of freedom (df = 2: infinite variance), from the seeded
+        # generator: z / sqrt(chi2_df / df), chi2_2 = -2 ln(u).
+        assert spec["df"] == 2, "heavy: only df = 2 is generated"
+        u = torch.rand(t, h, generator=g).clamp_min(1e-30)
+        x = x / torch.sqrt(-torch.log(u))
     elif kind != "normal":
         raise ValueError(f"unknown x kind {kind!r}")
     return x.to(torch.bfloat16)
@@ -173,58 +191,151 @@ def cpu_tensors(d):
     return {k: v.detach().to("cpu").contiguous() for k, v in d.items()}
 
 
+def load_manifest(path, prov, eps):
+    """The manifest already at `path` to add to (or a new one); refuses one captured elsewhere."""
+    fresh = {"format": FORMAT_MANIFEST, "provenance": prov, "eps": eps, "weights": [], "cases": []}
+    if not os.path.exists(path):
+        return fresh
+    try:
+        old = json.load(open(path))
+    except (OSError, ValueError) as e:
+        die(f"{path}: not a readable manifest ({e}); capture into an empty --out")
+    same = lambda p: {k: v for k, v in p.items() if k != "captured_at"}
+    if old.get("format") != FORMAT_MANIFEST or old.get("eps") != eps or same(old.get("provenance", {})) != same(prov):
+        die(f"{path}: captured on another stack or eps ({old.get('provenance')}); adding cases captured here "
+            "would mix stacks: capture every case again (no --only) or use another --out")
+    return old
+
+
+def replace_entry(entries, new):
+    """`entries` with `new` in place of the entry of the same name (appended if none)."""
+    for i, e in enumerate(entries):
+        if e["name"] == new["name"]:
+            entries[i] = new
+            return
+    entries.append(new)
+
+
+def existing_weights(path, ws):
+    """The weight tensors already at `path` when they were captured from the same spec, else None."""
+    if not os.path.exists(path):
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT_WEIGHTS or json.loads(meta.get("spec", "null")) != ws:
+        return None
+    return load_file(path)
+
+
+def shape_spec(text, x_kind, seed):
+    """cases.json-style specs (one weight set, one case) for `--shape h=..,nq=..,nkv=..,d=..,t=..`."""
+    try:
+        dims = dict(kv.split("=", 1) for kv in text.split(","))
+        dims = {k.strip(): int(v) for k, v in dims.items()}
+    except ValueError:
+        die(f"--shape {text!r}: expected h=H,nq=NQ,nkv=NKV,d=D,t=T (positive integers)")
+    want = ["h", "nq", "nkv", "d", "t"]
+    if sorted(dims) != sorted(want) or min(dims.values()) <= 0:
+        die(f"--shape {text!r}: expected exactly h, nq, nkv, d and t, each a positive integer")
+    if dims["nq"] % dims["nkv"] != 0:
+        die(f"--shape {text!r}: nq must be a multiple of nkv (grouped-query attention)")
+    tag = "h{h}-nq{nq}-nkv{nkv}-d{d}".format(**dims)
+    unit = {"kind": "normal", "mean": 1.0, "std": 0.1}
+    weights = {"name": f"shape-{tag}", "h": dims["h"], "nq": dims["nq"], "nkv": dims["nkv"], "d": dims["d"],
+               "seed": seed, "norm": unit, "qkv_std": round(dims["h"] ** -0.5, 6), "q_norm": unit, "k_norm": unit}
+    x = {"kind": x_kind} if x_kind != "heavy" else {"kind": "heavy", "df": 2}
+    case = {"name": f"shape-{tag}-t{dims['t']}-{x_kind}", "weights": weights["name"], "t": dims["t"],
+            "seed": seed + 1, "x": x}
+    return {"weights": [weights], "cases": [case]}
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--cases", default=os.path.join(here, "cases.json"))
-    ap.add_argument("--out", default=os.path.join(here, "..", "data"))
+    ap.add_argument("--out", default=None, help="default: golden/data (with --shape: target/fusegate/golden)")
     ap.add_argument("--manifest", default=None, help="default: <out>/manifest.json")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--eps", type=float, default=1e-6)
-    ap.add_argument("--only", nargs="*", default=None, help="capture only these cases (the manifest lists only them)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="capture only these cases, added to the manifest at <out> (the others are kept)")
+    ap.add_argument("--shape", default=None, help="capture one case of this shape: h=H,nq=NQ,nkv=NKV,d=D,t=T")
+    ap.add_argument("--x", default="normal", choices=["normal", "heavy"], help="with --shape: the activations")
+    ap.add_argument("--seed", type=int, default=7001, help="with --shape: the seed of weights (and of x, +1)")
     args = ap.parse_args()
 
     if args.device == "cuda" and not torch.cuda.is_available():
         die("torch sees no CUDA device: goldens are captured on the GPU PyTorch runs on (or pass --device cpu for a dry run)")
-    spec = json.load(open(args.cases))
+    if args.shape is not None:
+        if args.only is not None:
+            die("--shape and --only: pick one (--shape captures its own one case)")
+        spec = shape_spec(args.shape, args.x, args.seed)
+        args.only = [spec["cases"][0]["name"]]
+        out = args.out or os.path.join(here, "..", "..", "target", "fusegate", "golden")
+    else:
+        try:
+            spec = json.load(open(args.cases))
+        except (OSError, ValueError) as e:
+            die(f"{args.cases}: {e}")
+        out = args.out or os.path.join(here, "..", "data")
+        unknown = sorted(set(args.only or []) - {c["name"] for c in spec["cases"]})
+        if unknown:
+            die(f"--only: no case named {', '.join(unknown)} in {args.cases}")
     prov = provenance(args.device)
-    os.makedirs(os.path.join(args.out, "weights"), exist_ok=True)
-    os.makedirs(os.path.join(args.out, "cases"), exist_ok=True)
-    manifest = {"format": FORMAT_MANIFEST, "provenance": prov, "eps": args.eps, "weights": [], "cases": []}
+    manifest_path = args.manifest or os.path.join(out, "manifest.json")
+    os.makedirs(os.path.join(out, "weights"), exist_ok=True)
+    os.makedirs(os.path.join(out, "cases"), exist_ok=True)
+    # A full capture starts a new manifest; --only and --shape add to the one there.
+    if args.only is None:
+        manifest = {"format": FORMAT_MANIFEST, "provenance": prov, "eps": args.eps, "weights": [], "cases": []}
+    else:
+        manifest = load_manifest(manifest_path, prov, args.eps)
+    cases = [c for c in spec["cases"] if args.only is None or c["name"] in args.only]
+    needed = {c["weights"] for c in cases}
     wspecs = {w["name"]: w for w in spec["weights"]}
     weights = {}
     for ws in spec["weights"]:
-        w = make_weights(ws)
-        weights[ws["name"]] = w
-        rel = f"weights/{ws['name']}.safetensors"
-        path = os.path.join(args.out, rel)
-        save_file(cpu_tensors(w), path, metadata={"format": FORMAT_WEIGHTS, "spec": json.dumps(ws),
-                                                   "provenance": json.dumps(prov)})
-        manifest["weights"].append({"name": ws["name"], "file": rel, "sha256": sha256(path),
-                                    "bytes": os.path.getsize(path)})
-        print(f"weights {ws['name']}: {os.path.getsize(path)} bytes", flush=True)
-    wsha = {w["name"]: w["sha256"] for w in manifest["weights"]}
-    for case in spec["cases"]:
-        if args.only is not None and case["name"] not in args.only:
+        if ws["name"] not in needed and args.only is not None:
             continue
+        rel = f"weights/{ws['name']}.safetensors"
+        path = os.path.join(out, rel)
+        kept = existing_weights(path, ws) if args.only is not None else None
+        if kept is not None:
+            weights[ws["name"]] = kept
+            print(f"weights {ws['name']}: kept ({os.path.getsize(path)} bytes)", flush=True)
+        else:
+            w = make_weights(ws)
+            weights[ws["name"]] = w
+            save_file(cpu_tensors(w), path, metadata={"format": FORMAT_WEIGHTS, "spec": json.dumps(ws),
+                                                       "provenance": json.dumps(prov)})
+            print(f"weights {ws['name']}: {os.path.getsize(path)} bytes", flush=True)
+        replace_entry(manifest["weights"], {"name": ws["name"], "file": rel, "sha256": sha256(path),
+                                            "bytes": os.path.getsize(path)})
+    wsha = {w["name"]: w["sha256"] for w in manifest["weights"]}
+    for case in cases:
         ws = wspecs[case["weights"]]
         tensors = capture_case(case, ws, weights[case["weights"]], args.eps, args.device)
         rel = f"cases/{case['name']}.safetensors"
-        path = os.path.join(args.out, rel)
+        path = os.path.join(out, rel)
         full = dict(case, h=ws["h"], nq=ws["nq"], nkv=ws["nkv"], d=ws["d"], eps=args.eps)
         save_file(cpu_tensors(tensors), path, metadata={
             "format": FORMAT_CASE, "case": json.dumps(full), "weights_sha256": wsha[case["weights"]],
             "provenance": json.dumps(prov)})
-        manifest["cases"].append({"name": case["name"], "file": rel, "sha256": sha256(path),
-                                  "weights": case["weights"], "t": case["t"], "h": ws["h"], "nq": ws["nq"],
-                                  "nkv": ws["nkv"], "d": ws["d"], "bytes": os.path.getsize(path)})
+        replace_entry(manifest["cases"], {"name": case["name"], "file": rel, "sha256": sha256(path),
+                                          "weights": case["weights"], "t": case["t"], "h": ws["h"], "nq": ws["nq"],
+                                          "nkv": ws["nkv"], "d": ws["d"], "bytes": os.path.getsize(path)})
         print(f"case {case['name']}: {os.path.getsize(path)} bytes", flush=True)
-    with open(args.manifest or os.path.join(args.out, "manifest.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
     total = sum(e["bytes"] for e in manifest["weights"] + manifest["cases"])
-    print(f"wrote {len(manifest['cases'])} cases, {len(manifest['weights'])} weight sets, {total / 1e6:.1f} MB; "
-          f"{json.dumps(prov)}")
+    print(f"wrote {len(cases)} cases; the manifest lists {len(manifest['cases'])} cases, "
+          f"{len(manifest['weights'])} weight sets, {total / 1e6:.1f} MB; {json.dumps(prov)}")
+    if args.shape is not None:
+        print(f"check it: cargo xtask conform --golden {out}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ pub mod conform;
 pub mod invariance;
 pub mod metrics;
 pub mod own_inputs;
+pub mod resolution;
 pub mod results;
 pub mod suite;
 pub mod trials;

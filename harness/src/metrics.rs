@@ -281,10 +281,20 @@ pub fn rounds_from(v: half::bf16) -> (f64, f64) {
     ((g + toward(false)) / 2.0, (g + toward(true)) / 2.0)
 }
 
-/// Finite elements of `values` that are not `truth` rounded to bf16 (NaN/Inf positions are
-/// counted by the class comparison instead).
-pub fn rounding_misses(values: &[half::bf16], truth: &[f64]) -> usize {
-    values.iter().zip(truth).filter(|&(&v, &t)| v.is_finite() && t.is_finite() && v != round_to_bf16(t)).count()
+/// Finite elements of `values` that are not `truth` rounded to bf16, in the rows (of equal
+/// length, one flag each) that `rows` marks (NaN/Inf positions are counted by the class
+/// comparison instead).
+pub fn rounding_misses(values: &[half::bf16], truth: &[f64], rows: &[bool]) -> usize {
+    let width = values.len() / rows.len().max(1);
+    values
+        .chunks(width.max(1))
+        .zip(truth.chunks(width.max(1)))
+        .zip(rows)
+        .filter(|(_, judged)| **judged)
+        .map(|((v, t), _)| {
+            v.iter().zip(t).filter(|&(&v, &t)| v.is_finite() && t.is_finite() && v != round_to_bf16(t)).count()
+        })
+        .sum()
 }
 
 /// candidate's error over the golden's error against the same truth (1.0 when both are exact).
@@ -310,7 +320,12 @@ mod rounding_tests {
         assert_eq!(round_to_bf16(tie + 2f64.powi(-40)).to_f64(), 1.0 + 2f64.powi(-7));
         assert_eq!(bf16::from_f64(tie + 2f64.powi(-40)), bf16::ONE, "half's conversion changed: simplify");
         assert_eq!(round_to_bf16(-3.0), bf16::from_f32(-3.0));
-        assert_eq!(rounding_misses(&[bf16::ONE, bf16::ONE, bf16::NAN], &[1.0, 1.02, 1.0]), 1);
+        assert_eq!(rounding_misses(&[bf16::ONE, bf16::ONE, bf16::NAN], &[1.0, 1.02, 1.0], &[true]), 1);
+        // Only the rows marked are judged.
+        assert_eq!(
+            rounding_misses(&[bf16::ONE, bf16::ONE, bf16::ONE, bf16::ONE], &[1.0, 1.02, 1.02, 1.0], &[true, false]),
+            1
+        );
         // 1's neighbours are 1 - 2^-8 and 1 + 2^-7: it takes the reals half-way to each.
         assert_eq!(rounds_from(bf16::ONE), (1.0 - 2f64.powi(-9), 1.0 + 2f64.powi(-8)));
         let (lo, hi) = rounds_from(bf16::from_f32(-0.0));

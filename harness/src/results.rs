@@ -449,6 +449,35 @@ fn create_parent(path: &Path) -> std::io::Result<&Path> {
     Ok(dir)
 }
 
+/// JSON with one line per top-level field and one line per element of a top-level array (a
+/// trial, a row): about half the bytes of indented JSON, and still a diff per trial. Any JSON
+/// reader reads it back.
+pub fn to_json_lines<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let value = serde_json::to_value(value)?;
+    let serde_json::Value::Object(fields) = value else {
+        return serde_json::to_vec(&value);
+    };
+    let mut out = b"{".to_vec();
+    for (i, (key, v)) in fields.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n " } else { b",\n " });
+        out.extend(serde_json::to_vec(key)?);
+        out.extend_from_slice(b": ");
+        match v {
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                out.push(b'[');
+                for (j, item) in items.iter().enumerate() {
+                    out.extend_from_slice(if j == 0 { b"\n  " } else { b",\n  " });
+                    out.extend(serde_json::to_vec(item)?);
+                }
+                out.extend_from_slice(b"\n ]");
+            }
+            _ => out.extend(serde_json::to_vec(v)?),
+        }
+    }
+    out.extend_from_slice(b"\n}\n");
+    Ok(out)
+}
+
 /// Writes `bytes` to `path` through a temp file in the same directory (tempfile's
 /// `NamedTempFile`, synced, then persisted by a rename), so a reader never sees half a file and a
 /// failed write loses nothing already there.
@@ -475,6 +504,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.as_file().sync_all()?;
     file.persist(path).map(|_| ()).map_err(|e| e.error)
+}
+
+#[cfg(test)]
+mod json_lines_tests {
+    #[test]
+    fn json_lines_read_back_to_the_same_value_with_a_line_per_array_element() {
+        let v = serde_json::json!({"schema": "s", "n": {"a": [1, 2]}, "trials": [{"x": 1.5}, {"x": [3, 4]}], "e": []});
+        let bytes = super::to_json_lines(&v).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(), v);
+        assert!(text.lines().any(|l| l == r#"  {"x":[3,4]}"#), "{text}");
+        assert_eq!(text.lines().count(), 9, "{text}");
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ impl Reference {
         Reference::new(shape, EPS, x, weights, reference)
     }
 
-    fn inputs(&self) -> OpInputs<'_> {
+    pub fn inputs(&self) -> OpInputs<'_> {
         OpInputs { shape: self.shape, x: &self.x, weights: &self.weights, eps: self.eps }
     }
 }
@@ -230,7 +230,7 @@ fn outcome_of(entry: &Entry, verdict: &Verdict) -> Outcome {
 
 /// Qwen3 applies q_norm / k_norm (HF semantics) to the projection's q and k; measuring the
 /// candidate's q/k through them shows whether extreme k_norm weights amplify its error.
-fn add_head_norms(observed: &mut Observed, shape: &Shape, eps: f32, w: &Weights) {
+pub(crate) fn add_head_norms(observed: &mut Observed, shape: &Shape, eps: f32, w: &Weights) {
     let d = shape.d;
     for (from, to, weight) in [(Stage::Q, Stage::QNormed, &w.q_norm), (Stage::K, Stage::KNormed, &w.k_norm)] {
         if let Some(StageData::Bf16(v)) = observed.get(&from) {

@@ -13,6 +13,20 @@ pub type Stages64 = BTreeMap<Stage, Vec<f64>>;
 pub struct Truths {
     pub ideal: Stages64,
     pub golden_operands: Stages64,
+    /// Per token: whether the row's mean square is a normal fp32 number. Elsewhere fp32
+    /// arithmetic cannot hold the exact op (x^2 overflows, so inv_rms = 0; or the squares
+    /// underflow, so inv_rms = rsqrt(eps)), and no fp32 kernel can be the ideal truth rounded.
+    pub rows_in_fp32_range: Vec<bool>,
+}
+
+/// See [`Truths::rows_in_fp32_range`] (the sum is exact to far below an fp32 ulp in f64).
+pub fn rows_in_fp32_range(x: &[f64], h: usize) -> Vec<bool> {
+    x.chunks_exact(h.max(1))
+        .map(|row| {
+            let mean_square = row.iter().map(|v| v * v).sum::<f64>() / h as f64;
+            mean_square >= f32::MIN_POSITIVE as f64 && mean_square <= f32::MAX as f64
+        })
+        .collect()
 }
 
 impl Truths {
@@ -107,13 +121,22 @@ pub fn compute(shape: &Shape, eps: f32, x: &[half::bf16], w: &Weights, golden: &
     golden_operands.insert(Stage::V, v_);
     golden_operands.insert(Stage::QNormed, head_norm(&g(Stage::Q), &qn));
     golden_operands.insert(Stage::KNormed, head_norm(&g(Stage::K), &kn));
-    Truths { ideal, golden_operands }
+    let rows_in_fp32_range = rows_in_fp32_range(&x64, h);
+    Truths { ideal, golden_operands, rows_in_fp32_range }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use fusegate_kernels::Dims;
+
+    #[test]
+    fn rows_whose_mean_square_leaves_fp32_are_out_of_range() {
+        let rows = [1.0, -2.0, 1e-30, 1e-30, 1e20, 3.0, 1e-20, 1e-20, f64::NAN, 1.0];
+        // 1e-60 underflows, 5e39 overflows; 1e-40 is subnormal (below fp32's smallest normal).
+        assert_eq!(rows_in_fp32_range(&rows, 2), [true, false, false, false, false]);
+        assert_eq!(rows_in_fp32_range(&[1e-18, 1e18], 2), [true]);
+    }
 
     #[test]
     fn gemm64_matches_hand_computed_product() {

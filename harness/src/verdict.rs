@@ -226,7 +226,9 @@ pub fn evaluate(
         let (ci, gi) = (err(Truth::IdealMath, cand), err(Truth::IdealMath, gold));
         let (co, go) = (err(Truth::GoldenOperands, cand), err(Truth::GoldenOperands, gold));
         let rounding_misses = match (bound.and_then(|b| b.rounded_from), cand.as_bf16()) {
-            (Some(r), Some(values)) => truths.get(r.truth, stage).map(|t| metrics::rounding_misses(values, t)),
+            (Some(r), Some(values)) => {
+                truths.get(r.truth, stage).map(|t| metrics::rounding_misses(values, t, &truths.rows_in_fp32_range))
+            }
             _ => None,
         };
         let report = StageReport {

@@ -78,10 +78,10 @@ fn render_contract(out: &mut String, c: &Contract) {
         }
         if let Some(r) = b.rounded_from {
             parts.push(format!(
-                "the {} truth rounded to bf16 but for {}% + {}",
+                "the {} truth rounded to bf16 but for {}% + {} Poisson sigmas (rows in fp32's range)",
                 truth_name(r.truth),
                 100.0 * r.share,
-                r.count
+                r.sigmas
             ));
         }
         let _ = writeln!(out, "  {:<9} {}", b.stage.to_string(), parts.join(", "));

@@ -99,7 +99,7 @@ fn conclude(ran: &Ran<ConformanceRun>, path: &Path, partial: &[&str]) -> anyhow:
         println!("{line}");
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
-    let json = serde_json::to_vec_pretty(run).context("serialising results")?;
+    let json = fusegate_harness::results::to_json_lines(run).context("serialising results")?;
     interrupt::uninterrupted(|| write_atomically(path, &json))
         .with_context(|| format!("writing {}", path.display()))?;
     if !partial.is_empty() {

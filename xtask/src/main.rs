@@ -11,6 +11,7 @@ mod kernels;
 mod model_check;
 mod outputs;
 mod progress;
+mod resolution;
 mod select;
 mod synth_model;
 
@@ -38,6 +39,7 @@ enum Command {
     Select(select::Args),
     Bundle(bundle::Args),
     Golden(golden::Args),
+    Resolution(resolution::Args),
     Kernels(kernels::Args),
     ModelCheck(model_check::Args),
     SynthModel(synth_model::Args),
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Select(a) => select::run(a),
         Command::Bundle(a) => bundle::run(a),
         Command::Golden(a) => golden::run(a),
+        Command::Resolution(a) => resolution::run(a),
         Command::Kernels(a) => kernels::run(a),
         Command::ModelCheck(a) => model_check::run(a),
         Command::SynthModel(a) => synth_model::run(a),

@@ -1,0 +1,99 @@
+//! `cargo xtask resolution`: the smallest defect each variant's contract rejects, on every golden
+//! case (harness/src/resolution.rs says how it is measured).
+
+use crate::outputs::results_dir;
+use anyhow::Context;
+use fusegate_bench::schema::slug;
+use fusegate_golden::Manifest;
+use fusegate_harness::backends::Choice;
+use fusegate_harness::conform::{self, DEFAULT_SEED};
+use fusegate_harness::resolution::{self, ResolutionRun};
+use fusegate_harness::results::{Environment, SchemaTag, prepare_output, write_atomically};
+use fusegate_harness::suite::Suite;
+use fusegate_kernels::registry::{self, EntryId};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Measure each variant's resolution: the smallest share of outputs carrying a defect (bias, unwritten, round-once, skip-weight, bf16 accumulation, HF numerics under f32) that its contract rejects on every golden case.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Variant whose contract is measured (repeatable). Default: every variant.
+    #[arg(long = "variant", value_name = "V")]
+    variants: Vec<String>,
+    /// Only golden cases whose name matches (substring, or a glob with *).
+    #[arg(long, value_name = "PATTERN")]
+    case: Option<String>,
+    /// auto: CUDA where a GPU is present, else the CPU emulation.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<Choice>())]
+    backend: Choice,
+    /// Golden directory (holds manifest.json). Default: golden/data, or $FUSEGATE_GOLDEN_DIR.
+    #[arg(long, value_name = "DIR")]
+    golden: Option<PathBuf>,
+    /// Results file (a .md table is written beside it). Default: resolution-<backend>.json in the
+    /// results folder (on a GPU under <gpu>/).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let variants: Vec<EntryId> = if a.variants.is_empty() {
+        registry::variants().map(|e| e.id).collect()
+    } else {
+        let picked = conform::select_entries(&a.variants)?;
+        anyhow::ensure!(
+            picked.iter().all(|e| !e.is_mutant()),
+            "--variant: a mutant has no contract of its own to measure (name a variant)"
+        );
+        picked.iter().map(|e| e.id).collect()
+    };
+    if let Some(json) = &a.json {
+        prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
+    }
+    let (slot, notes) = conform::resolve_backend(a.backend)?;
+    let backend = slot.backend.map_err(anyhow::Error::msg)?;
+    let dir = a.golden.clone().unwrap_or_else(Manifest::default_dir);
+    let manifest = Manifest::load(&dir)?;
+    let cases: Vec<String> = manifest
+        .cases
+        .iter()
+        .filter(|c| a.case.as_deref().is_none_or(|p| conform::matches(p, &c.name)))
+        .map(|c| c.name.clone())
+        .collect();
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "--case {:?}: no golden case in {} matches",
+        a.case.unwrap_or_default(),
+        dir.display()
+    );
+    for n in notes {
+        println!("{n}");
+    }
+    println!("measuring {} variant(s) on {} case(s) on {}", variants.len(), cases.len(), slot.id);
+    let golden = manifest.provenance.clone();
+    let suite = Suite::new(manifest, DEFAULT_SEED);
+    let rows = resolution::measure(backend.as_ref(), &suite, &variants, &cases).map_err(anyhow::Error::msg)?;
+    let same_as =
+        variants.iter().filter_map(|&v| Some((v, resolution::same_as(backend.as_ref(), &variants, v)?))).collect();
+    let run = ResolutionRun {
+        schema: SchemaTag::default(),
+        backend: slot.id,
+        environment: Environment::capture(backend.device()),
+        golden,
+        same_as,
+        rows,
+    };
+    print!("{}", run.table());
+    let path = a.json.unwrap_or_else(|| {
+        let name = format!("resolution-{}.json", run.backend);
+        match &run.environment.device {
+            Some(device) => results_dir().join(slug(device)).join(name),
+            None => results_dir().join(name),
+        }
+    });
+    let json = fusegate_harness::results::to_json_lines(&run).context("serialising the resolution")?;
+    write_atomically(&path, &json).with_context(|| format!("writing {}", path.display()))?;
+    let md = path.with_extension("md");
+    write_atomically(&md, run.table().as_bytes()).with_context(|| format!("writing {}", md.display()))?;
+    println!("results: {} and {}", path.display(), md.display());
+    Ok(ExitCode::SUCCESS)
+}
