@@ -22,6 +22,15 @@ pub struct Provenance {
     pub captured_at: String,
 }
 
+impl Provenance {
+    /// The same software and hardware stack, captured at any time: what a manifest grown by
+    /// `capture.py --only` holds across its cases.
+    pub fn same_stack(&self, other: &Provenance) -> bool {
+        Provenance { captured_at: String::new(), ..self.clone() }
+            == Provenance { captured_at: String::new(), ..other.clone() }
+    }
+}
+
 impl fmt::Display for Provenance {
     /// One line, for report headers.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

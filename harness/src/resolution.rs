@@ -85,7 +85,7 @@ impl Defect {
 }
 
 /// The finest size of one defect a contract rejects on one case.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseResolution {
     pub case: String,
     /// q, k and v outputs of the case.
@@ -98,6 +98,9 @@ pub struct CaseResolution {
     /// Of those, the ones whose value differs from the honest run's (a defect's arithmetic often
     /// gives the honest bits: round-once on a tiny row).
     pub differing_outputs: usize,
+    /// Outputs that differ at the next smaller size (`2 * finest_every`), the first one
+    /// accepted: 0 means that defect changes no bit there, so no gate could see it.
+    pub differing_when_accepted: Option<usize>,
     /// Whether the finest size is one output per tensor: nothing smaller exists.
     pub down_to_one_per_tensor: bool,
 }
@@ -209,6 +212,7 @@ fn on_case(h: &Honest, defect: Defect) -> CaseResolution {
         finest_every: finest,
         defective_outputs: finest.map_or(outputs, defective),
         differing_outputs: differing(finest.unwrap_or(1)),
+        differing_when_accepted: finest.filter(|&f| f < top).map(|f| differing(2 * f)),
         down_to_one_per_tensor: finest == Some(top),
     }
 }
@@ -252,12 +256,12 @@ pub fn measure(
 }
 
 /// A row's resolution over every case.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Resolved {
     /// Rejected at every size on every case, down to one output per tensor.
     EverySize,
-    /// Rejected on every case from one output in `every` up (the case that sets it named).
-    OneIn { every: usize, case: String },
+    /// Rejected on every case from one output in `every` up (the case that sets it).
+    OneIn { every: usize, case: CaseResolution },
     /// Accepted on this case even with every output defective.
     Never { case: String },
 }
@@ -274,7 +278,7 @@ impl Row {
             .filter(|c| !c.down_to_one_per_tensor)
             .filter_map(|c| Some((c.finest_every?, c)))
             .min_by_key(|(every, _)| *every)
-            .map_or(Resolved::EverySize, |(every, c)| Resolved::OneIn { every, case: c.case.clone() })
+            .map_or(Resolved::EverySize, |(every, c)| Resolved::OneIn { every, case: c.clone() })
     }
 }
 
@@ -282,7 +286,14 @@ impl std::fmt::Display for Resolved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Resolved::EverySize => f.write_str("every size (1 output per tensor)"),
-            Resolved::OneIn { every, case } => write!(f, "1 in {every} ({case})"),
+            Resolved::OneIn { every, case: c } => {
+                write!(f, "1 in {every} ({}: {} of {} outputs differ", c.case, c.differing_outputs, c.outputs)?;
+                match c.differing_when_accepted {
+                    Some(0) => write!(f, "; at 1 in {} none differ)", 2 * every),
+                    Some(n) => write!(f, "; 1 in {} accepted, {n} differ)", 2 * every),
+                    None => f.write_str(")"),
+                }
+            }
             Resolved::Never { case } => write!(f, "not rejected ({case})"),
         }
     }
@@ -411,7 +422,9 @@ mod tests {
         let row = |v, d| rows.iter().find(|r| r.variant == v && r.defect == d).expect("row");
         match row(EntryId::Standard, Defect::Bias).resolved() {
             Resolved::EverySize => {}
-            Resolved::OneIn { every, case } => assert!(every >= 1024, "bias rejected only from 1 in {every} ({case})"),
+            Resolved::OneIn { every, case } => {
+                assert!(every >= 1024, "bias rejected only from 1 in {every} ({})", case.case)
+            }
             other => panic!("bias: {other}"),
         }
         for r in &rows {
