@@ -14,7 +14,7 @@ use fusegate_kernels::registry::{self, EntryId};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Measure each variant's resolution: the smallest share of outputs carrying a defect (bias, unwritten, round-once, skip-weight, bf16 accumulation, HF numerics under f32) that its contract rejects on every golden case.
+/// Measure the smallest defect of each kind that each variant's contract rejects on every case.
 #[derive(clap::Args)]
 pub struct Args {
     /// Variant whose contract is measured (repeatable). Default: every variant.
