@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
-"""PyTorch baselines for `cargo xtask bench`: HF Qwen3RMSNorm + F.linear, eager and torch.compile.
+"""PyTorch baselines for `cargo xtask bench`: HF Qwen3RMSNorm + F.linear, the alternatives a user has.
 
-Same method as fusegate's own sampler: device time from CUDA events, warm-up first, cold L2 (a
-write of a buffer twice the device's L2 before each timed call) and hot L2 reported apart, the
-median with a distribution-free 95% CI, stopping when the CI is under 1% of the median or the
-budget ends. Never timed on zeros.
+Graph-timed, by fusegate's own method (bench/src/gpu.rs), so their figures compare with fusegate's:
+- cold L2: one CUDA graph of K calls over K *different* copies of the inputs and weights, K such
+  that more than 3x L2 is read between two uses of a copy; hot L2: a graph of calls on one copy;
+  a sample is one replay between CUDA events, divided by the calls it holds;
+- every graph is checked before it is timed (its last output equals a direct call's, bit for bit);
+- the median with a distribution-free 95% CI, until the CI is under 1% of the median or the budget
+  ends; never timed on zeros.
+Graph-timed: `torch-compile-graph` (torch.compile, default inductor), `hf-eager-graph` (HF's eager
+modules) and `cublas-gemm-graph` (F.linear alone on a normalised input: the op minus its norm).
+Each records its bit-exact fraction of q|k|v against HF's eager output on the same input.
+Host-launched, without graphs (a flush, then one call between events; launch gaps can count):
+`torch-eager` and `torch-compile`, kept as labelled columns only, never in a speedup.
 
     python3 torch_baseline.py --tokens 1,8,32 --caches cold,hot --out baselines.json
 
@@ -69,6 +77,59 @@ def measure(fn, cold, flush, target=0.01, min_samples=20, max_samples=2000, budg
     return estimate(samples)
 
 
+def min_bytes(t, h, n):
+    """Bytes the op must move at least (x, norm weight, W, q|k|v in bf16): the rotation's unit."""
+    return 2 * (t * h + h + n * h + t * n)
+
+
+def graph_sampler(fn, xs, ws, reps, check):
+    """A checked graph of `reps` rounds of fn over every (x, w) copy; returns (replay, calls)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for x, w in zip(xs, ws):  # warm-up outside the capture (compiles, autotunes, allocates)
+            fn(x, w)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = [fn(x, w) for _ in range(reps) for x, w in zip(xs, ws)]
+    # The check: fresh values in the last copy's x, replay, compare with a direct call.
+    xs[-1].copy_(torch.randn_like(xs[-1], dtype=torch.float32).to(xs[-1].dtype))
+    g.replay()
+    torch.cuda.synchronize()
+    if not torch.equal(outs[-1].view(torch.int16), fn(xs[-1], ws[-1]).view(torch.int16)):
+        raise RuntimeError("graph replay differs from a direct call (a kernel left out of the capture?)")
+    check.append(True)
+    return g.replay, reps * len(xs)
+
+
+def measure_graph(replay, calls, target=0.01, min_samples=20, max_samples=2000, budget_s=2.0):
+    for _ in range(3):
+        replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples, t0 = [], time.monotonic()
+    while True:
+        start.record()
+        replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1000.0 / calls)
+        if len(samples) >= max_samples or time.monotonic() - t0 > budget_s:
+            break
+        if len(samples) >= min_samples:
+            e = estimate(samples)
+            if (e["ci_hi"] - e["ci_lo"]) / 2 / e["median"] < target:
+                break
+    return estimate(samples)
+
+
+def bit_exact(a, b):
+    """Share of elements with the same bits (both bf16)."""
+    return float((a.view(torch.int16) == b.view(torch.int16)).float().mean())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", default="1,8,32,128,512,2048,8192")
@@ -91,27 +152,63 @@ def main():
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     flush = torch.randn(max(2 * l2, 1 << 26) // 4, device=dev)
 
-    def eager(x):
+    def hf(x, w):
         return F.linear(norm(x), w)
 
-    variants = [("torch-eager", eager)]
+    def gemm_alone(b, w):
+        return F.linear(b, w)
+
     note = None
+    compiled = None
+    torch._dynamo.config.cache_size_limit = 64  # one compile per T, never a silent fallback to eager
     if a.compile == "yes":
         try:
-            compiled = torch.compile(eager, dynamic=False)
-            variants.append(("torch-compile", compiled))
+            compiled = torch.compile(hf, dynamic=False)
         except Exception as e:  # noqa: BLE001 - recorded, not hidden
             note = f"torch.compile unavailable: {e}"
     out = []
     for t in [int(v) for v in a.tokens.split(",")]:
         x = torch.randn(t, h, device=dev).to(torch.bfloat16)
-        for name, fn in variants:
+        with torch.no_grad():
+            reference = hf(x, w)  # HF's eager output: what bit-exactness is measured against
+            b = norm(x)
+        # Host-launched, without graphs: labelled columns, never in a speedup.
+        host = [("torch-eager", lambda: hf(x, w))]
+        if compiled is not None:
+            host.append(("torch-compile", lambda: compiled(x, w)))
+        for name, fn in host:
             try:
                 with torch.no_grad():
                     for cache in a.caches.split(","):
-                        est = measure(lambda: fn(x), cache == "cold", flush, budget_s=a.budget)
+                        est = measure(fn, cache == "cold", flush, budget_s=a.budget)
                         out.append({"name": name, "t": t, "cache": cache, "time_us": est})
                         print(f"{name} T={t} {cache}: {est['median']:.2f} us", file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001
+                note = f"{name} failed at T={t}: {e}"
+        # Graph-timed: the same method as fusegate's kernels.
+        graphed = [("hf-eager-graph", hf, x), ("cublas-gemm-graph", gemm_alone, b)]
+        if compiled is not None:
+            graphed.insert(0, ("torch-compile-graph", compiled, x))
+        for name, fn, first in graphed:
+            try:
+                with torch.no_grad():
+                    exact = bit_exact(fn(first, w), reference)
+                    for cache in a.caches.split(","):
+                        k = 1 if cache == "hot" else min(64, -(-3 * l2 // min_bytes(t, h, n)) + 1)
+                        xs = [first.clone() for _ in range(k)]
+                        ws = [w.clone() for _ in range(k)]
+                        reps = 1
+                        if cache == "hot":
+                            one = measure_graph(*graph_sampler(fn, xs, ws, 1, []), budget_s=0.05)["median"]
+                            reps = max(1, min(64, math.ceil(100.0 / max(one, 1.0))))
+                        checked = []
+                        replay, calls = graph_sampler(fn, xs, ws, reps, checked)
+                        est = measure_graph(replay, calls, budget_s=a.budget)
+                        out.append({"name": name, "t": t, "cache": cache, "time_us": est,
+                                    "bit_exact_vs_hf": exact, "graph_checked": bool(checked)})
+                        print(f"{name} T={t} {cache}: {est['median']:.2f} us, {100 * exact:.1f}% bit-exact vs HF",
+                              file=sys.stderr, flush=True)
+                        del xs, ws
             except Exception as e:  # noqa: BLE001
                 note = f"{name} failed at T={t}: {e}"
     with open(a.out, "w") as f:

@@ -109,6 +109,8 @@ struct TorchFigure {
     t: usize,
     cache: Cache,
     time_us: Estimate,
+    #[serde(default)]
+    bit_exact_vs_hf: Option<f64>,
 }
 
 /// Runs the PyTorch baseline script; `Err` says why there are no baselines.
@@ -143,6 +145,7 @@ fn torch_baselines(
             cache: f.cache,
             time_us: f.time_us,
             floor_us: roofline::floor_s(&Shape::qwen3_06b(f.t), ceil) * 1e6,
+            bit_exact_vs_hf: f.bit_exact_vs_hf,
         })
         .collect();
     match output.note {

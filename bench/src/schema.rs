@@ -146,25 +146,57 @@ impl Measurement {
     }
 }
 
-/// An external baseline: PyTorch's own path, timed by bench/scripts/torch_baseline.py (not a
-/// registry entry). Written as "torch-eager" / "torch-compile".
+/// An external baseline: what a user runs instead, timed by bench/scripts/torch_baseline.py
+/// (not a registry entry), under its script name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BaselineId {
-    /// HF Qwen3RMSNorm, then F.linear.
+    /// HF Qwen3RMSNorm, then F.linear, launched from the host without a graph.
     TorchEager,
-    /// The same under torch.compile.
+    /// The same under torch.compile, without a graph.
     TorchCompile,
+    /// torch.compile (default inductor) captured in a CUDA graph: fusegate's timing method.
+    TorchCompileGraph,
+    /// HF's eager modules captured in a CUDA graph.
+    HfEagerGraph,
+    /// F.linear alone on an already normalised input, in a CUDA graph: the op minus its norm.
+    CublasGemmGraph,
 }
 
 impl BaselineId {
-    pub const ALL: [BaselineId; 2] = [BaselineId::TorchEager, BaselineId::TorchCompile];
+    pub const ALL: [BaselineId; 5] = [
+        BaselineId::TorchCompileGraph,
+        BaselineId::HfEagerGraph,
+        BaselineId::CublasGemmGraph,
+        BaselineId::TorchEager,
+        BaselineId::TorchCompile,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BaselineId::TorchEager => "torch-eager",
             BaselineId::TorchCompile => "torch-compile",
+            BaselineId::TorchCompileGraph => "torch-compile-graph",
+            BaselineId::HfEagerGraph => "hf-eager-graph",
+            BaselineId::CublasGemmGraph => "cublas-gemm-graph",
         }
+    }
+
+    /// Timed by fusegate's method (graph replays between CUDA events): comparable with fusegate's
+    /// figures. The others include host launch gaps and are never used in a ratio.
+    pub fn in_graph(self) -> bool {
+        !matches!(self, BaselineId::TorchEager | BaselineId::TorchCompile)
+    }
+
+    /// A whole alternative to the op (norm and projection), graph-timed: what a speedup is claimed
+    /// against. cuBLAS alone is the op minus its norm: a reference, not an alternative.
+    pub fn is_alternative(self) -> bool {
+        matches!(self, BaselineId::TorchCompileGraph | BaselineId::HfEagerGraph)
+    }
+
+    /// The report's column title.
+    pub fn column(self) -> String {
+        if self.in_graph() { self.name().to_string() } else { format!("{} (no graph)", self.name()) }
     }
 }
 
@@ -181,6 +213,9 @@ pub struct Baseline {
     pub cache: Cache,
     pub time_us: Estimate,
     pub floor_us: f64,
+    /// Share of q|k|v bit-identical to HF's eager output on the same input (graph-timed ones).
+    #[serde(default)]
+    pub bit_exact_vs_hf: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -230,6 +265,14 @@ impl BenchRun {
     pub fn baseline(&self, name: BaselineId, t: usize, cache: Cache) -> Option<&Baseline> {
         self.baselines.iter().find(|b| b.name == name && b.t == t && b.cache == cache)
     }
+
+    /// The fastest whole alternative at (T, cache) timed by fusegate's method, if any was.
+    pub fn strongest_alternative(&self, t: usize, cache: Cache) -> Option<&Baseline> {
+        self.baselines
+            .iter()
+            .filter(|b| b.name.is_alternative() && b.t == t && b.cache == cache)
+            .min_by(|a, b| a.time_us.median.total_cmp(&b.time_us.median))
+    }
 }
 
 #[cfg(test)]
@@ -257,7 +300,13 @@ mod tests {
 
     #[test]
     fn baselines_are_written_by_their_script_names() {
-        assert_eq!(serde_json::to_string(&BaselineId::ALL).unwrap(), r#"["torch-eager","torch-compile"]"#);
+        assert_eq!(
+            serde_json::to_string(&BaselineId::ALL).unwrap(),
+            r#"["torch-compile-graph","hf-eager-graph","cublas-gemm-graph","torch-eager","torch-compile"]"#
+        );
+        // Host-launched figures are never an alternative a speedup is claimed against.
+        assert!(BaselineId::ALL.iter().filter(|b| b.is_alternative()).all(|b| b.in_graph()));
+        assert_eq!(BaselineId::TorchEager.column(), "torch-eager (no graph)");
         for b in BaselineId::ALL {
             assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{b}\""));
         }

@@ -1,6 +1,6 @@
 // The standard (unfused) path's kernels: HF Qwen3RMSNorm as its own kernel, writing B [T, H]
-// bf16 and inv_rms [T] f32 for the cuBLAS GEMM that follows, and the split of the GEMM's [T, N]
-// output into q | k | v.
+// bf16 and inv_rms [T] f32 for the cuBLAS GEMM(s) that follow, and the split of one GEMM's
+// [T, N] output into q | k | v (at small T; plan.rs `standard_gemm`).
 //
 // Launch rules (cuda.rs `Plan::standard` encodes them):
 //   fusegate_hf_rmsnorm: grid = T blocks (one row each), block = 256 threads, no dynamic smem.
@@ -11,8 +11,10 @@ namespace fg {
 constexpr int NORM_THREADS = 256;
 }
 
-// One row per block. Sum of squares: thread i takes elements i, i+256, ... in increasing k, then
-// warp xor butterflies and the 8 warp sums in a fixed order: deterministic and independent of T.
+// One row per block. Sum of squares: thread i takes the elements of 16-byte chunks i, i+256, ...
+// (8 elements each, in increasing k; single elements i, i+256, ... where H % 8 != 0 or a pointer
+// is not 16-byte aligned), then warp xor butterflies and the 8 warp sums in a fixed order:
+// deterministic and independent of T.
 // A = bf16(x * r), B = bf16(w * A), r = rsqrtf(sum * (1/H) + eps): HF's rounding points.
 extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
     fusegate_hf_rmsnorm(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
@@ -22,10 +24,26 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
     const int t = blockIdx.x;
     if (t >= T || blockDim.x != fg::NORM_THREADS) return;
     const __nv_bfloat16* row = x + static_cast<size_t>(t) * H;
+    __nv_bfloat16* out = b_out + static_cast<size_t>(t) * H;
+    typedef unsigned long long addr;
+    const bool vec = H % 8 == 0 &&
+                     ((reinterpret_cast<addr>(x) | reinterpret_cast<addr>(w) | reinterpret_cast<addr>(b_out)) & 15) == 0;
     float acc = 0.f;
-    for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS) {
-        const float f = fg::bf2f(row[k]);
-        acc = fmaf(f, f, acc);  // f*f is exact in fp32: same as multiply then add
+    if (vec) {
+        for (int c = threadIdx.x; c < H / 8; c += fg::NORM_THREADS) {
+            const uint4 v = fg::ldg16(row + 8 * c);
+            const fg::u32 ps[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                acc = fmaf(fg::bf_lo(ps[j]), fg::bf_lo(ps[j]), acc);  // squares are exact in fp32
+                acc = fmaf(fg::bf_hi(ps[j]), fg::bf_hi(ps[j]), acc);
+            }
+        }
+    } else {
+        for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS) {
+            const float f = fg::bf2f(row[k]);
+            acc = fmaf(f, f, acc);
+        }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -40,9 +58,23 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
     }
     __syncthreads();
     const float r = s_r;
-    for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS) {
-        const __nv_bfloat16 a = __float2bfloat16_rn(__fmul_rn(fg::bf2f(row[k]), r));
-        b_out[static_cast<size_t>(t) * H + k] = __float2bfloat16_rn(__fmul_rn(fg::bf2f(w[k]), fg::bf2f(a)));
+    // B = bf16(w * bf16(x * r)), element by element (round to nearest even at both points).
+    const auto b_of = [r](float xv, float wv) {
+        return __fmul_rn(wv, __bfloat162float(__float2bfloat16_rn(__fmul_rn(xv, r))));
+    };
+    if (vec) {
+        for (int c = threadIdx.x; c < H / 8; c += fg::NORM_THREADS) {
+            const uint4 xv = fg::ldg16(row + 8 * c), wv = fg::ldg16(w + 8 * c);
+            const fg::u32 xs[4] = {xv.x, xv.y, xv.z, xv.w}, ws[4] = {wv.x, wv.y, wv.z, wv.w};
+            fg::u32 bs[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                bs[j] = fg::pack_rn(b_of(fg::bf_lo(xs[j]), fg::bf_lo(ws[j])), b_of(fg::bf_hi(xs[j]), fg::bf_hi(ws[j])));
+            *reinterpret_cast<uint4*>(out + 8 * c) = make_uint4(bs[0], bs[1], bs[2], bs[3]);
+        }
+    } else {
+        for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS)
+            out[k] = __float2bfloat16_rn(b_of(fg::bf2f(row[k]), fg::bf2f(w[k])));
     }
 }
 

@@ -193,8 +193,27 @@ pub enum Route {
     Decode(DecodePlan),
     /// A fused tile kernel (`NAME` + the tile's suffix), its grid from [`grid_for`].
     Tile(Tile),
-    /// The standard path: HF RMSNorm kernel, cuBLAS GEMM, q/k/v split.
-    Standard,
+    /// The standard path: HF RMSNorm kernel, then cuBLAS, writing q, k, v as [`StandardGemm`] says.
+    Standard(StandardGemm),
+}
+
+/// How the standard path's cuBLAS call(s) write q, k and v.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandardGemm {
+    /// One GEMM into a [T, N] buffer, then a kernel splitting it into q, k, v: the fewest
+    /// launches, for small T where the split moves little.
+    Split,
+    /// One GEMM per output from its rows of W (HF's own q_proj, k_proj, v_proj): no [T, N]
+    /// round trip through memory, for large T where the split's copy costs more than two launches.
+    PerOutput,
+}
+
+/// Largest T at which the standard path splits one GEMM's output (NOTES.md, standard path: measured).
+pub const STANDARD_SPLIT_MAX_T: usize = 0;
+
+/// The standard path's GEMM plan at `t` tokens.
+pub fn standard_gemm(t: usize) -> StandardGemm {
+    if t <= STANDARD_SPLIT_MAX_T { StandardGemm::Split } else { StandardGemm::PerOutput }
 }
 
 impl Route {
@@ -204,7 +223,8 @@ impl Route {
         match self {
             Route::Decode(p) => p.suffix,
             Route::Tile(t) => t.suffix,
-            Route::Standard => "",
+            Route::Standard(StandardGemm::Split) => "",
+            Route::Standard(StandardGemm::PerOutput) => "+per-output",
         }
     }
 }
@@ -215,7 +235,7 @@ impl Route {
 pub fn route(entry: &Entry, s: &Shape, max_smem: usize, rule: DecodeRule) -> Option<Route> {
     match entry.cuda {
         CudaImpl::None => None,
-        CudaImpl::NormThenCublas => Some(Route::Standard),
+        CudaImpl::NormThenCublas => Some(Route::Standard(standard_gemm(s.t))),
         CudaImpl::Fused { .. } => {
             let fp32 = entry.numerics.norm == NormRounding::Fp32;
             Some(match decode_plan_with(fp32, s, max_smem, rule) {

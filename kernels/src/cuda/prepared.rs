@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::args::{Geometry, KernelArgs, launch};
 use super::memory::DevBuf;
 use super::modules::occupancy;
-use super::plan::{Route, grid_for};
+use super::plan::{Route, StandardGemm, grid_for};
 use super::source::Source;
 use super::{Cuda, device_err};
 use crate::backend::{BackendError, BackendId, Layer, check_inputs, check_layer};
@@ -75,6 +75,7 @@ enum Plan {
     Standard {
         norm: CudaFunction,
         split: CudaFunction,
+        gemm: StandardGemm,
     },
 }
 
@@ -130,8 +131,12 @@ impl Prepared {
                 self.vec16,
                 if *chained { " pdl" } else { "" }
             ),
-            Plan::Standard { .. } => format!(
+            Plan::Standard { gemm: StandardGemm::Split, .. } => format!(
                 "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) + fusegate_split_qkv",
+                self.shape.t
+            ),
+            Plan::Standard { gemm: StandardGemm::PerOutput, .. } => format!(
+                "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) for each of q, k, v",
                 self.shape.t
             ),
         }
@@ -196,7 +201,8 @@ impl Cuda {
         let has_b = standard || (debug && entry.numerics.norm != NormRounding::Fp32);
         let b = if has_b { Some(self.alloc(s.t * s.h, "B")?) } else { None };
         let inv_rms = if debug { Some(self.alloc(s.t, "inv_rms")?) } else { None };
-        let gemm_out = if standard { Some(self.alloc(s.t * s.n(), "GEMM output")?) } else { None };
+        let split = matches!(plan, Plan::Standard { gemm: StandardGemm::Split, .. });
+        let gemm_out = if split { Some(self.alloc(s.t * s.n(), "GEMM output")?) } else { None };
         let st = &self.stream;
         let aligned = (x.ptr(st) | weights.norm.ptr(st) | weights.qkv.ptr(st)).is_multiple_of(16);
         let vec16 = s.h.is_multiple_of(8) && aligned;
@@ -226,9 +232,11 @@ impl Cuda {
         let unsupported = || BackendError::Unsupported { backend: BackendId::Cuda, entry: entry.name };
         let route = self.route(entry, s).ok_or_else(unsupported)?;
         let CudaImpl::Fused { kernel } = entry.cuda else {
+            let Route::Standard(gemm) = route else { return Err(unsupported()) };
             return Ok(Plan::Standard {
                 norm: self.function(Source::Rmsnorm, None, "fusegate_hf_rmsnorm", 0)?,
                 split: self.function(Source::Rmsnorm, None, "fusegate_split_qkv", 0)?,
+                gemm,
             });
         };
         let name = format!("{kernel}{}", route.suffix());
@@ -248,7 +256,7 @@ impl Cuda {
                 let grid = grid_for(tile, s, self.sms * per_sm);
                 (func, Geometry { grid, block: tile.threads, smem: tile.smem }, per_sm)
             }
-            Route::Standard => return Err(unsupported()),
+            Route::Standard(_) => return Err(unsupported()),
         };
         Ok(Plan::Fused { func, name, geometry, chained: launch == Launch::Chained, per_sm })
     }
@@ -303,16 +311,18 @@ impl Cuda {
                 unsafe { launch(func.cu_function(), *geometry, st.cu_stream(), args, *chained) }
                     .map_err(|e| device_err(format!("launching {name}{}", if *chained { " (PDL)" } else { "" }), e))
             }
-            Plan::Standard { norm, split } => self.launch_standard(p, norm, split, b, r),
+            Plan::Standard { norm, split, gemm } => self.launch_standard(p, norm, split, *gemm, b, r),
         }
     }
 
-    /// HF RMSNorm into B, cuBLAS B @ W^T into the [T, N] output, then the q/k/v split.
+    /// HF RMSNorm into B, then cuBLAS B @ W^T: into the [T, N] output and split into q, k, v,
+    /// or straight into q, k and v from their rows of W ([`StandardGemm`]).
     fn launch_standard(
         &self,
         p: &Prepared,
         norm: &CudaFunction,
         split: &CudaFunction,
+        gemm: StandardGemm,
         b: u64,
         r: u64,
     ) -> Result<(), BackendError> {
@@ -324,6 +334,14 @@ impl Cuda {
         // elements; one 256-thread block per row.
         unsafe { launch(norm.cu_function(), rows, st.cu_stream(), args, false) }
             .map_err(|e| device_err("launching fusegate_hf_rmsnorm", e))?;
+        if gemm == StandardGemm::PerOutput {
+            // W's rows are q | k | v (bf16, H each): each output from its own rows.
+            let (w0, row) = (w.qkv.ptr(st), 2 * s.h as u64);
+            let (qw, kw) = (s.q_width(), s.kv_width());
+            self.linear_raw(w0, b, p.q.ptr(st), qw, s.t, s.h)?;
+            self.linear_raw(w0 + qw as u64 * row, b, p.k.ptr(st), kw, s.t, s.h)?;
+            return self.linear_raw(w0 + (qw + kw) as u64 * row, b, p.v.ptr(st), kw, s.t, s.h);
+        }
         let out = p.gemm_out.as_ref().map_or(0, |o| o.ptr(st));
         self.gemm_bf16(w.qkv.ptr(st), b, out, &s)?;
         let args = KernelArgs::new()
