@@ -206,6 +206,8 @@ pub enum StandardGemm {
     /// One GEMM per output from its rows of W (HF's own q_proj, k_proj, v_proj): no [T, N]
     /// round trip through memory, for large T where the split's copy costs more than two launches.
     PerOutput,
+    /// The three GEMMs of `PerOutput` in one cuBLAS grouped call (one launch, no copy).
+    Grouped,
 }
 
 /// Largest T at which the standard path splits one GEMM's output (NOTES.md, standard path: measured).
@@ -213,7 +215,7 @@ pub const STANDARD_SPLIT_MAX_T: usize = 0;
 
 /// The standard path's GEMM plan at `t` tokens.
 pub fn standard_gemm(t: usize) -> StandardGemm {
-    if t <= STANDARD_SPLIT_MAX_T { StandardGemm::Split } else { StandardGemm::PerOutput }
+    if t <= STANDARD_SPLIT_MAX_T { StandardGemm::Split } else { StandardGemm::Grouped }
 }
 
 impl Route {
@@ -225,6 +227,7 @@ impl Route {
             Route::Tile(t) => t.suffix,
             Route::Standard(StandardGemm::Split) => "",
             Route::Standard(StandardGemm::PerOutput) => "+per-output",
+            Route::Standard(StandardGemm::Grouped) => "+grouped",
         }
     }
 }
