@@ -107,7 +107,8 @@ fn write_table(s: &mut String, run: &BenchRun, cache: Cache) {
     let measured: Vec<BaselineId> =
         BaselineId::ALL.into_iter().filter(|b| run.baselines.iter().any(|m| m.name == *b)).collect();
     let baselines: Vec<String> = measured.iter().map(|b| b.column()).collect();
-    let _ = writeln!(s, "| T | floor | {} | {} |", names.join(" | "), baselines.join(" | "));
+    let header: Vec<String> = names.into_iter().chain(baselines).collect();
+    let _ = writeln!(s, "| T | floor | {} |", header.join(" | "));
     let _ = writeln!(s, "|---|---|{}{}", "---|".repeat(columns.len()), "---|".repeat(measured.len()));
     for &t in &run.config.tokens {
         let floor = run.measurements.iter().find(|m| m.t == t).map_or(f64::NAN, |m| m.floor_us);

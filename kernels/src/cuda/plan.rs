@@ -206,16 +206,16 @@ pub enum StandardGemm {
     /// One GEMM per output from its rows of W (HF's own q_proj, k_proj, v_proj): no [T, N]
     /// round trip through memory, for large T where the split's copy costs more than two launches.
     PerOutput,
-    /// The three GEMMs of `PerOutput` in one cuBLAS grouped call (one launch, no copy).
-    Grouped,
 }
 
-/// Largest T at which the standard path splits one GEMM's output (NOTES.md, standard path: measured).
-pub const STANDARD_SPLIT_MAX_T: usize = 0;
+/// Largest T at which the standard path splits one GEMM's output: measured (NOTES.md, s1) faster
+/// up to T = 512 (15.5 against 18.5 us) and slower from 2048 (43.8 against 36.7 us); 1024 is
+/// where the two lines cross when interpolated in T.
+pub const STANDARD_SPLIT_MAX_T: usize = 1024;
 
 /// The standard path's GEMM plan at `t` tokens.
 pub fn standard_gemm(t: usize) -> StandardGemm {
-    if t <= STANDARD_SPLIT_MAX_T { StandardGemm::Split } else { StandardGemm::Grouped }
+    if t <= STANDARD_SPLIT_MAX_T { StandardGemm::Split } else { StandardGemm::PerOutput }
 }
 
 impl Route {
@@ -227,7 +227,6 @@ impl Route {
             Route::Tile(t) => t.suffix,
             Route::Standard(StandardGemm::Split) => "",
             Route::Standard(StandardGemm::PerOutput) => "+per-output",
-            Route::Standard(StandardGemm::Grouped) => "+grouped",
         }
     }
 }
@@ -389,7 +388,8 @@ mod tests {
         // A different rule moves the boundaries with it.
         let wide = DecodeRule { max_t: 128, ..rule };
         assert_eq!(route_boundaries(get(EntryId::Exact), &dims, optin, wide), [16, 17, 128, 129, 256, 257]);
-        assert!(route_boundaries(get(EntryId::Standard), &dims, optin, rule).is_empty());
+        // The standard path changes how cuBLAS writes q, k, v above STANDARD_SPLIT_MAX_T.
+        assert_eq!(route_boundaries(get(EntryId::Standard), &dims, optin, rule), [1024, 1025]);
         assert_eq!(route(get(EntryId::MutantUlpBias), &dims.with_t(1), optin, rule), None);
     }
 }

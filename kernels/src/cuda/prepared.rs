@@ -94,9 +94,6 @@ pub struct Prepared {
     inv_rms: Option<DevBuf<f32>>,
     /// The standard path's [T, N] GEMM output before the split.
     gemm_out: Option<DevBuf<bf16>>,
-    /// The standard path's grouped GEMM: device pointers of W's q, k, v rows, B (three times),
-    /// and q, k, v (cuBLAS reads the pointer arrays from device memory).
-    group_ptrs: Option<DevBuf<u64>>,
     /// Whether the kernels' 16-byte vector path applies (H % 8 == 0 and aligned inputs).
     vec16: bool,
     plan: Plan,
@@ -136,10 +133,6 @@ impl Prepared {
             ),
             Plan::Standard { gemm: StandardGemm::Split, .. } => format!(
                 "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) + fusegate_split_qkv",
-                self.shape.t
-            ),
-            Plan::Standard { gemm: StandardGemm::Grouped, .. } => format!(
-                "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmGroupedBatchedEx(bf16, COMPUTE_32F) for q, k, v",
                 self.shape.t
             ),
             Plan::Standard { gemm: StandardGemm::PerOutput, .. } => format!(
@@ -211,19 +204,10 @@ impl Cuda {
         let split = matches!(plan, Plan::Standard { gemm: StandardGemm::Split, .. });
         let gemm_out = if split { Some(self.alloc(s.t * s.n(), "GEMM output")?) } else { None };
         let st = &self.stream;
-        let group_ptrs = match (&plan, &b) {
-            (Plan::Standard { gemm: StandardGemm::Grouped, .. }, Some(b)) => {
-                let (w0, row, bp) = (weights.qkv.ptr(st), 2 * s.h as u64, b.ptr(st));
-                let (qw, kw) = (s.q_width() as u64, s.kv_width() as u64);
-                let ptrs = [w0, w0 + qw * row, w0 + (qw + kw) * row, bp, bp, bp, q.ptr(st), k.ptr(st), v.ptr(st)];
-                Some(self.upload(&ptrs, "grouped GEMM pointers")?)
-            }
-            _ => None,
-        };
         let aligned = (x.ptr(st) | weights.norm.ptr(st) | weights.qkv.ptr(st)).is_multiple_of(16);
         let vec16 = s.h.is_multiple_of(8) && aligned;
         let weights = weights.clone();
-        Ok(Prepared { entry, shape: s, weights, x, q, k, v, b, inv_rms, gemm_out, group_ptrs, vec16, plan })
+        Ok(Prepared { entry, shape: s, weights, x, q, k, v, b, inv_rms, gemm_out, vec16, plan })
     }
 
     /// One run's inputs uploaded whole: the layer's weights, then a plan at the inputs' T with x
@@ -350,10 +334,6 @@ impl Cuda {
         // elements; one 256-thread block per row.
         unsafe { launch(norm.cu_function(), rows, st.cu_stream(), args, false) }
             .map_err(|e| device_err("launching fusegate_hf_rmsnorm", e))?;
-        if gemm == StandardGemm::Grouped {
-            let ptrs = p.group_ptrs.as_ref().map_or(0, |g| g.ptr(st));
-            return self.grouped_qkv(ptrs, &s);
-        }
         if gemm == StandardGemm::PerOutput {
             // W's rows are q | k | v (bf16, H each): each output from its own rows.
             let (w0, row) = (w.qkv.ptr(st), 2 * s.h as u64);
@@ -374,49 +354,6 @@ impl Cuda {
         // SAFETY: fusegate_split_qkv(out [T,N], q, k, v, T, Nq, Nkv, D), one pair per thread.
         unsafe { launch(split.cu_function(), pairs, st.cu_stream(), args, false) }
             .map_err(|e| device_err("launching fusegate_split_qkv", e))
-    }
-
-    /// q, k, v = b @ (their rows of W)^T in one cuBLAS grouped call; `ptrs` holds the 9 device
-    /// pointers (A: W's rows, B: b, C: q, k, v), each problem laid out as in [`Cuda::linear_raw`].
-    fn grouped_qkv(&self, ptrs: u64, s: &Shape) -> Result<(), BackendError> {
-        let int = |v: usize| i32::try_from(v).map_err(|_| BackendError::BadInput(format!("GEMM size {v} overflows cuBLAS's int")));
-        let (qw, kw, t, h) = (int(s.q_width())?, int(s.kv_width())?, int(s.t)?, int(s.h)?);
-        let op_t = [blas_sys::cublasOperation_t::CUBLAS_OP_T; 3];
-        let op_n = [blas_sys::cublasOperation_t::CUBLAS_OP_N; 3];
-        let (m, n, k) = ([qw, kw, kw], [t; 3], [h; 3]);
-        let (alpha, beta) = ([1.0f32; 3], [0.0f32; 3]);
-        let (lda, ldb, ldc) = ([h; 3], [h; 3], [qw, kw, kw]);
-        let sizes = [1i32; 3];
-        let at = |i: u64| (ptrs + 8 * 3 * i) as *const *const c_void;
-        // SAFETY: host arrays of 3 per argument (group_count 3, one problem each); `ptrs` is a
-        // device array of 9 pointers into live buffers of the sizes above (Prepared owns them);
-        // alpha/beta are host f32 matching CUBLAS_COMPUTE_32F.
-        unsafe {
-            blas_sys::cublasGemmGroupedBatchedEx(
-                *self.blas.handle(),
-                op_t.as_ptr(),
-                op_n.as_ptr(),
-                m.as_ptr(),
-                n.as_ptr(),
-                k.as_ptr(),
-                alpha.as_ptr().cast(),
-                at(0),
-                blas_sys::cudaDataType::CUDA_R_16BF,
-                lda.as_ptr(),
-                at(1),
-                blas_sys::cudaDataType::CUDA_R_16BF,
-                ldb.as_ptr(),
-                beta.as_ptr().cast(),
-                at(2) as *const *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_16BF,
-                ldc.as_ptr(),
-                3,
-                sizes.as_ptr(),
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            )
-        }
-        .result()
-        .map_err(|e| device_err("cublasGemmGroupedBatchedEx", e))
     }
 
     /// out [T, N] = b [T, H] @ w [N, H]^T: PyTorch's F.linear, bf16 with fp32 compute.
