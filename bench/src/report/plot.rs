@@ -1,5 +1,5 @@
 //! latency.svg: cold-L2 median latency (us, log) against T (log) per variant and launch regime,
-//! with the PyTorch baselines and the floor as thin reference lines.
+//! with the graph-timed baselines and the floor as thin reference lines.
 
 use super::label;
 use crate::schema::{BaselineId, BenchRun, Cache, Measurement};
@@ -71,14 +71,16 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, run: &BenchRun, cold: &[&Meas
 fn ranges(run: &BenchRun, cold: &[&Measurement]) -> ((f64, f64), (f64, f64)) {
     let ts: Vec<f64> = run.config.tokens.iter().map(|&t| t as f64).collect();
     let (tmin, tmax) = (ts.iter().cloned().fold(f64::MAX, f64::min), ts.iter().cloned().fold(1.0, f64::max));
-    let ys = cold.iter().map(|m| m.time_us.median).chain(run.baselines.iter().map(|b| b.time_us.median));
+    let graphed = run.baselines.iter().filter(|b| b.name.in_graph());
+    let ys = cold.iter().map(|m| m.time_us.median).chain(graphed.map(|b| b.time_us.median));
     let ys: Vec<f64> = ys.chain(cold.iter().map(|m| m.floor_us)).collect();
     let (ymin, ymax) =
         (ys.iter().cloned().fold(f64::MAX, f64::min) * 0.7, ys.iter().cloned().fold(1.0, f64::max) * 1.5);
     ((tmin, tmax), (ymin, ymax))
 }
 
-/// A line per measured label (variant, chained apart) in label order, the PyTorch baselines, the floor.
+/// A line per measured label (variant, chained apart) in label order, the graph-timed baselines
+/// (timed as fusegate's kernels are; host-launched figures are not comparable and not drawn), the floor.
 fn series(run: &BenchRun, cold: &[&Measurement]) -> Vec<Series> {
     let mut labels: Vec<String> = cold.iter().map(|m| label(m)).collect();
     labels.sort();
@@ -91,9 +93,11 @@ fn series(run: &BenchRun, cold: &[&Measurement]) -> Vec<Series> {
             Series { name: l.clone(), points, color, reference: false }
         })
         .collect();
-    for (name, color) in
-        [(BaselineId::TorchEager, RGBColor(120, 120, 120)), (BaselineId::TorchCompile, RGBColor(148, 103, 189))]
-    {
+    for (name, color) in [
+        (BaselineId::TorchCompileGraph, RGBColor(148, 103, 189)),
+        (BaselineId::HfEagerGraph, RGBColor(120, 120, 120)),
+        (BaselineId::CublasGemmGraph, RGBColor(188, 189, 34)),
+    ] {
         let points: Vec<_> = run
             .baselines
             .iter()
