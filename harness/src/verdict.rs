@@ -222,7 +222,10 @@ pub fn evaluate(
             reasons.push(format!("{stage}: {} elements or format differ from the golden's {}", cand.len(), gold.len()));
             continue;
         };
-        let err = |truth: Truth, data| truths.get(truth, stage).map_or(f64::NAN, |t| metrics::rel_l2(data, t));
+        // Accuracy is measured on the rows where fp32 can hold the op (Truths::rows_in_fp32_range).
+        let err = |truth: Truth, data| {
+            truths.get(truth, stage).map_or(f64::NAN, |t| metrics::rel_l2_in(data, t, &truths.rows_in_fp32_range))
+        };
         let (ci, gi) = (err(Truth::IdealMath, cand), err(Truth::IdealMath, gold));
         let (co, go) = (err(Truth::GoldenOperands, cand), err(Truth::GoldenOperands, gold));
         let rounding_misses = match (bound.and_then(|b| b.rounded_from), cand.as_bf16()) {
