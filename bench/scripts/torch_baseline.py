@@ -49,25 +49,11 @@ def estimate(samples):
     return {"median": median, "ci_lo": s[lo], "ci_hi": s[hi], "samples": n}
 
 
-def measure(fn, cold, flush, target=0.01, min_samples=20, max_samples=2000, budget_s=2.0, calls=20):
-    """Cold: flush, then one call between events (the flush gives the host time to enqueue the
-    call's kernels, so host launch gaps do not count). Hot: `calls` back-to-back calls between
-    events, divided by `calls` (the host enqueues ahead of the device, as a serving loop does)."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+def sample_until(one, target=0.01, min_samples=20, max_samples=2000, budget_s=2.0):
+    """Samples `one()` (us) until the median's 95% CI is under `target` of it or the budget ends."""
     samples, t0 = [], time.monotonic()
     while True:
-        n = 1 if cold else calls
-        if cold:
-            flush.add_(1.0)  # reads and writes 2x L2: evicts the weights
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0 / n)  # ms -> us per call
+        samples.append(one())
         if len(samples) >= max_samples or time.monotonic() - t0 > budget_s:
             break
         if len(samples) >= min_samples:
@@ -75,6 +61,33 @@ def measure(fn, cold, flush, target=0.01, min_samples=20, max_samples=2000, budg
             if (e["ci_hi"] - e["ci_lo"]) / 2 / e["median"] < target:
                 break
     return estimate(samples)
+
+
+def event_us(enqueue, calls):
+    """Device time of what `enqueue` puts on the stream, per call, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    enqueue()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000.0 / calls  # ms -> us per call
+
+
+def measure(fn, cold, flush, budget_s=2.0, calls=20):
+    """Cold: flush, then one call between events (the flush gives the host time to enqueue the
+    call's kernels, so host launch gaps do not count). Hot: `calls` back-to-back calls between
+    events, divided by `calls` (the host enqueues ahead of the device, as a serving loop does)."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    n = 1 if cold else calls
+
+    def one():
+        if cold:
+            flush.add_(1.0)  # reads and writes 2x L2: evicts the weights
+        return event_us(lambda: [fn() for _ in range(n)], n)
+
+    return sample_until(one, budget_s=budget_s)
 
 
 def min_bytes(t, h, n):
@@ -104,25 +117,11 @@ def graph_sampler(fn, xs, ws, reps, check):
     return g.replay, reps * len(xs)
 
 
-def measure_graph(replay, calls, target=0.01, min_samples=20, max_samples=2000, budget_s=2.0):
+def measure_graph(replay, calls, budget_s=2.0):
     for _ in range(3):
         replay()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples, t0 = [], time.monotonic()
-    while True:
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0 / calls)
-        if len(samples) >= max_samples or time.monotonic() - t0 > budget_s:
-            break
-        if len(samples) >= min_samples:
-            e = estimate(samples)
-            if (e["ci_hi"] - e["ci_lo"]) / 2 / e["median"] < target:
-                break
-    return estimate(samples)
+    return sample_until(lambda: event_us(replay, calls), budget_s=budget_s)
 
 
 def bit_exact(a, b):

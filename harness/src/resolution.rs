@@ -13,10 +13,12 @@
 use crate::suite::{Reference, Suite, add_head_norms};
 use crate::verdict::{self, Verdict};
 use fusegate_kernels::registry::{EntryId, NormRounding};
-use fusegate_kernels::{Backend, BackendId, Observed, Stage, StageData, cpu, run_once};
+use fusegate_kernels::{Backend, BackendId, Contract, Observed, Stage, StageData, cpu, run_once};
 use half::bf16;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A kind of defect, of adjustable size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -163,46 +165,73 @@ fn coarsest(outputs_per_tensor: usize) -> usize {
     outputs_per_tensor.max(1).next_power_of_two()
 }
 
-/// An honest run of a variant on a case, and the reference it is judged against.
+/// The defective values of each defect with arithmetic of its own ([`Defect::source`]) on one
+/// case: the CPU emulation of the defect's entry, computed once per case for every variant.
+type Sources = HashMap<Defect, Observed>;
+
+/// An honest run of a variant on a case, the reference it is judged against and the case's
+/// defective values.
 struct Honest {
     variant: EntryId,
     case: String,
     observed: Observed,
-    reference: std::sync::Arc<Reference>,
+    reference: Arc<Reference>,
+    sources: Arc<Sources>,
+}
+
+/// One defect on one honest run, at any size.
+struct Probe<'a> {
+    honest: &'a Honest,
+    defect: Defect,
+    contract: Contract,
+}
+
+impl<'a> Probe<'a> {
+    fn new(honest: &'a Honest, defect: Defect) -> Probe<'a> {
+        Probe { honest, defect, contract: honest.variant.entry().contract() }
+    }
+
+    /// The honest run with the defect in one output in `every`.
+    fn spliced(&self, every: usize) -> Observed {
+        let h = self.honest;
+        splice(&h.observed, h.sources.get(&self.defect), self.defect, every, &h.reference)
+    }
+
+    /// Whether the variant's contract rejects the defect at this size.
+    fn rejects(&self, every: usize) -> bool {
+        let r = self.honest.reference.as_ref();
+        let verdict = verdict::evaluate(&self.contract, &self.spliced(every), &r.reference, &r.truths, &r.inputs()).0;
+        matches!(verdict, Verdict::Fail { .. })
+    }
+
+    /// q, k and v outputs whose bits the defect changed at this size.
+    fn differing(&self, every: usize) -> usize {
+        let (spliced, honest) = (self.spliced(every), &self.honest.observed);
+        Stage::C
+            .iter()
+            .filter_map(|s| Some((spliced.get(s)?.as_bf16()?, honest.get(s)?.as_bf16()?)))
+            .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count())
+            .sum()
+    }
 }
 
 /// Measures one defect on one honest run: bisection over the ladder of sizes.
 fn on_case(h: &Honest, defect: Defect) -> CaseResolution {
-    let r = h.reference.as_ref();
-    let inputs = r.inputs();
-    let source = defect.source().map(|id| cpu::run_entry(id.entry(), &inputs));
-    let contract = h.variant.entry().contract();
-    let rejects = |every: usize| {
-        let spliced = splice(&h.observed, source.as_ref(), defect, every, r);
-        matches!(verdict::evaluate(&contract, &spliced, &r.reference, &r.truths, &inputs).0, Verdict::Fail { .. })
-    };
-    let differing = |every: usize| {
-        let spliced = splice(&h.observed, source.as_ref(), defect, every, r);
-        Stage::C
-            .iter()
-            .filter_map(|s| Some((spliced.get(s)?.as_bf16()?, h.observed.get(s)?.as_bf16()?)))
-            .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count())
-            .sum()
-    };
-    let lens: Vec<usize> = Stage::C.iter().map(|s| s.len(&r.shape)).collect();
+    let probe = Probe::new(h, defect);
+    let lens: Vec<usize> = Stage::C.iter().map(|s| s.len(&h.reference.shape)).collect();
     let outputs: usize = lens.iter().sum();
     let defective = |every: usize| lens.iter().map(|n| n.div_ceil(every)).sum();
     let top = coarsest(lens.iter().copied().max().unwrap_or(1));
-    let finest = if !rejects(1) {
+    let finest = if !probe.rejects(1) {
         None
-    } else if rejects(top) {
+    } else if probe.rejects(top) {
         Some(top)
     } else {
         // Exponents: rejects(2^lo), not rejects(2^hi).
         let (mut lo, mut hi) = (0u32, top.trailing_zeros());
         while hi - lo > 1 {
             let mid = (lo + hi) / 2;
-            if rejects(1 << mid) { lo = mid } else { hi = mid }
+            if probe.rejects(1 << mid) { lo = mid } else { hi = mid }
         }
         Some(1 << lo)
     };
@@ -211,10 +240,16 @@ fn on_case(h: &Honest, defect: Defect) -> CaseResolution {
         outputs,
         finest_every: finest,
         defective_outputs: finest.map_or(outputs, defective),
-        differing_outputs: differing(finest.unwrap_or(1)),
-        differing_when_accepted: finest.filter(|&f| f < top).map(|f| differing(2 * f)),
+        differing_outputs: probe.differing(finest.unwrap_or(1)),
+        differing_when_accepted: finest.filter(|&f| f < top).map(|f| probe.differing(2 * f)),
         down_to_one_per_tensor: finest == Some(top),
     }
+}
+
+/// Each defect's own values on a case (see [`Sources`]).
+fn sources(reference: &Reference) -> Sources {
+    let inputs = reference.inputs();
+    Defect::ALL.into_iter().filter_map(|d| Some((d, cpu::run_entry(d.source()?.entry(), &inputs)))).collect()
 }
 
 /// Every (variant, defect) row over the cases named, on one backend. Variants the backend computes
@@ -228,14 +263,17 @@ pub fn measure(
 ) -> Result<Vec<Row>, String> {
     let distinct: Vec<EntryId> =
         variants.iter().copied().filter(|v| same_as(backend, variants, *v).is_none()).collect();
+    // Each case's defective values, once for every variant.
+    let references = cases.iter().map(|c| suite.prepared(c)).collect::<Result<Vec<_>, _>>()?;
+    let per_case: Vec<Arc<Sources>> = references.par_iter().map(|r| Arc::new(sources(r))).collect();
     // The honest runs, one per (variant, case): on a GPU one launch at a time.
     let mut honest = Vec::new();
     for &variant in &distinct {
-        for case in cases {
-            let reference = suite.prepared(case)?;
+        for ((case, reference), sources) in cases.iter().zip(&references).zip(&per_case) {
             let observed = run_once(backend, variant.entry(), &reference.inputs())
                 .map_err(|e| format!("{case}: {variant}: {e}"))?;
-            honest.push(Honest { variant, case: case.clone(), observed, reference });
+            let (reference, sources) = (reference.clone(), sources.clone());
+            honest.push(Honest { variant, case: case.clone(), observed, reference, sources });
         }
     }
     // The judging is host work, in parallel.
@@ -366,7 +404,8 @@ mod tests {
     fn honest(suite: &Suite, variant: EntryId, case: &str) -> Honest {
         let reference = suite.prepared(case).expect("committed golden");
         let observed = run_once(&Cpu, variant.entry(), &reference.inputs()).unwrap();
-        Honest { variant, case: case.into(), observed, reference }
+        let sources = Arc::new(sources(&reference));
+        Honest { variant, case: case.into(), observed, reference, sources }
     }
 
     #[test]
@@ -388,14 +427,8 @@ mod tests {
             let h = honest(&suite, variant, "tiny-h8-t7");
             for defect in Defect::ALL.into_iter().filter(|d| d.applies_to(variant)) {
                 let found = on_case(&h, defect);
-                let r = h.reference.as_ref();
-                let inputs = r.inputs();
-                let source = defect.source().map(|id| cpu::run_entry(id.entry(), &inputs));
-                let contract = variant.entry().contract();
-                let rejects = |every: usize| {
-                    let s = splice(&h.observed, source.as_ref(), defect, every, r);
-                    matches!(verdict::evaluate(&contract, &s, &r.reference, &r.truths, &inputs).0, Verdict::Fail { .. })
-                };
+                let probe = Probe::new(&h, defect);
+                let rejects = |every: usize| probe.rejects(every);
                 let ladder: Vec<usize> = (0..=coarsest(56).trailing_zeros()).map(|k| 1 << k).collect();
                 let brute = ladder.iter().copied().take_while(|&e| rejects(e)).last();
                 assert_eq!(found.finest_every, brute, "{variant} {defect:?}");
