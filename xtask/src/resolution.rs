@@ -30,21 +30,30 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     golden: Option<PathBuf>,
     /// Results file (a .md table is written beside it). Default: resolution-<backend>.json in the
-    /// results folder (on a GPU under <gpu>/).
+    /// results folder (on a GPU under <gpu>/); a run narrowed by --variant, --case or --golden:
+    /// resolution-<backend>-partial.json, beside and never over the whole run's table.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let partial = !a.variants.is_empty() || a.case.is_some() || a.golden.is_some();
     let variants: Vec<EntryId> = if a.variants.is_empty() {
         registry::variants().map(|e| e.id).collect()
     } else {
-        let picked = conform::select_entries(&a.variants)?;
-        anyhow::ensure!(
-            picked.iter().all(|e| !e.is_mutant()),
-            "--variant: a mutant has no contract of its own to measure (name a variant)"
-        );
-        picked.iter().map(|e| e.id).collect()
+        // Each name as written (conform's selection would bring the variant's mutants along).
+        let mut picked = Vec::new();
+        for name in &a.variants {
+            let id: EntryId = name.parse().map_err(|e: String| anyhow::anyhow!("--variant: {e}"))?;
+            anyhow::ensure!(
+                !id.entry().is_mutant(),
+                "--variant {name}: a mutant has no contract of its own to measure (name a variant)"
+            );
+            if !picked.contains(&id) {
+                picked.push(id);
+            }
+        }
+        picked
     };
     if let Some(json) = &a.json {
         prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
@@ -84,7 +93,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     print!("{}", run.table());
     let path = a.json.unwrap_or_else(|| {
-        let name = format!("resolution-{}.json", run.backend);
+        let name = format!("resolution-{}{}.json", run.backend, if partial { "-partial" } else { "" });
         match &run.environment.device {
             Some(device) => results_dir().join(slug(device)).join(name),
             None => results_dir().join(name),

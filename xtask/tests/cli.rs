@@ -266,6 +266,31 @@ fn an_ad_hoc_conform_run_leaves_the_committed_results_alone() {
     assert!(!root.join("results/conformance-cpu-partial.json").exists());
 }
 
+/// A resolution run narrowed to one case writes beside the whole table, never over it.
+#[test]
+fn a_partial_resolution_run_writes_beside_the_whole_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("resolution-cpu.json");
+    std::fs::write(&whole, b"the whole run's table").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["resolution", "--backend", "cpu", "--variant", "mixed", "--case", "tiny-h8-t1"])
+        .env("FUSEGATE_RESULTS_DIR", dir.path())
+        .env_remove("FUSEGATE_GOLDEN_DIR")
+        .output()
+        .expect("run xtask");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        dir.path().join("resolution-cpu-partial.json").is_file()
+            && dir.path().join("resolution-cpu-partial.md").is_file()
+    );
+    assert_eq!(std::fs::read(&whole).unwrap(), b"the whole run's table");
+    assert!(stdout.contains("| bias +1 ulp |"), "{stdout}");
+    // A mutant has no contract of its own to measure: one line, exit 2.
+    let err = one_line_error(&["resolution", "--backend", "cpu", "--variant", "mutant-round-once"]);
+    assert!(err.contains("--variant mutant-round-once: a mutant has no contract"), "{err}");
+}
+
 /// The commit in a results file is the one the binary was built from, recorded at build time: run
 /// from inside another git repository, it still names this one's (it once named the other's).
 #[test]
