@@ -58,14 +58,15 @@ extern "C" __global__ void fusegate_embed(const int* __restrict__ ids, const __n
 // Per head row of q and k: HF RMSNorm over D (q_norm / k_norm: A = bf16(x * r), bf16(w * A)), then
 // RoPE as HF applies it, bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)), with cos and sin the
 // bf16 tables at the row's position. q goes to q_out [T, Nq, D]; k and v go to the KV cache
-// [positions, Nkv, D] at position first_pos + t (v unchanged). One block per (token, head row),
-// one thread per element.
+// [positions, Nkv, D] at position first_pos + t (v unchanged). q, k and v rows start ldq, ldk,
+// ldv elements apart (their own widths, or N where they are column ranges of one [T, N] GEMM
+// output). One block per (token, head row), one thread per element.
 extern "C" __global__ void fusegate_qk_norm_rope(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
     const __nv_bfloat16* __restrict__ q_norm, const __nv_bfloat16* __restrict__ k_norm,
     const __nv_bfloat16* __restrict__ cos_tab, const __nv_bfloat16* __restrict__ sin_tab,
     __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ k_cache, __nv_bfloat16* __restrict__ v_cache,
-    int T, int Nq, int Nkv, int D, int first_pos, float eps) {
+    int T, int Nq, int Nkv, int D, int first_pos, int ldq, int ldk, int ldv, float eps) {
     __shared__ float s_part[32];
     __shared__ float s_sum;
     __shared__ float s_row[1024];
@@ -74,12 +75,12 @@ extern "C" __global__ void fusegate_qk_norm_rope(
     const size_t pos = static_cast<size_t>(first_pos) + t;
     if (h >= Nq + Nkv) {
         const int hv = h - Nq - Nkv;
-        v_cache[(pos * Nkv + hv) * D + i] = v[(static_cast<size_t>(t) * Nkv + hv) * D + i];
+        v_cache[(pos * Nkv + hv) * D + i] = v[static_cast<size_t>(t) * ldv + hv * D + i];
         return;
     }
     const bool is_q = h < Nq;
     const int hk = h - Nq;
-    const __nv_bfloat16* row = is_q ? q + (static_cast<size_t>(t) * Nq + h) * D : k + (static_cast<size_t>(t) * Nkv + hk) * D;
+    const __nv_bfloat16* row = is_q ? q + static_cast<size_t>(t) * ldq + h * D : k + static_cast<size_t>(t) * ldk + hk * D;
     const float x = fg::bf2f(row[i]);
     // x*x is exact in fp32 (a bf16 square), so the sum's only roundings are the additions.
     const float sum = fg::block_sum(__fmul_rn(x, x), s_part, &s_sum);

@@ -1,10 +1,9 @@
-// The standard (unfused) path's kernels: HF Qwen3RMSNorm as its own kernel, writing B [T, H]
-// bf16 and inv_rms [T] f32 for the cuBLAS GEMM(s) that follow, and the split of one GEMM's
-// [T, N] output into q | k | v (at small T; plan.rs `standard_gemm`).
+// The standard (unfused) path's norm: HF Qwen3RMSNorm as its own kernel, writing B [T, H] bf16
+// and inv_rms [T] f32 for the one cuBLAS GEMM that follows (its [T, N] output holds q | k | v in
+// each row; nothing copies them apart).
 //
-// Launch rules (cuda.rs `Plan::standard` encodes them):
+// Launch rule (prepared.rs `launch_standard` encodes it):
 //   fusegate_hf_rmsnorm: grid = T blocks (one row each), block = 256 threads, no dynamic smem.
-//   fusegate_split_qkv:  grid = ceil(T*N/2 / 256) blocks, block = 256 threads (one pair each).
 #include "common.cuh"
 
 namespace fg {
@@ -76,22 +75,4 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
         for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS)
             out[k] = __float2bfloat16_rn(b_of(fg::bf2f(row[k]), fg::bf2f(w[k])));
     }
-}
-
-// out [T, N] (N = (Nq + 2 Nkv) D) -> q [T, Nq*D], k [T, Nkv*D], v [T, Nkv*D], one bf16 pair per
-// thread (N and D are even, so a pair never straddles two outputs).
-extern "C" __global__ void __launch_bounds__(256)
-    fusegate_split_qkv(const __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ q,
-                       __nv_bfloat16* __restrict__ k, __nv_bfloat16* __restrict__ v, int T, int Nq, int Nkv, int D) {
-    const int N = (Nq + 2 * Nkv) * D, qw = Nq * D, kw = Nkv * D;
-    const long long pairs = static_cast<long long>(T) * N / 2;
-    const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= pairs) return;
-    const int t = static_cast<int>(2 * i / N), n = static_cast<int>(2 * i % N);
-    const unsigned int val = reinterpret_cast<const unsigned int*>(out)[i];
-    __nv_bfloat16* dst;
-    if (n < qw) dst = q + static_cast<size_t>(t) * qw + n;
-    else if (n < qw + kw) dst = k + static_cast<size_t>(t) * kw + (n - qw);
-    else dst = v + static_cast<size_t>(t) * kw + (n - qw - kw);
-    *reinterpret_cast<unsigned int*>(dst) = val;
 }

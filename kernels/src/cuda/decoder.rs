@@ -9,6 +9,7 @@ use half::bf16;
 
 use super::args::{Geometry, KernelArgs, launch};
 use super::memory::{DevBuf, View};
+use super::outputs::Rows;
 use super::source::Source;
 use super::{Cuda, device_err};
 use crate::backend::BackendError;
@@ -141,11 +142,12 @@ impl DecoderOps<'_> {
     }
 
     /// q_norm and k_norm, then RoPE (cos and sin: bf16 tables [positions, D]); q into `q_out`
-    /// [T, Nq, D], k and v into the caches [positions, Nkv, D] at the step's positions.
+    /// [T, Nq, D], k and v into the caches [positions, Nkv, D] at the step's positions. q, k and v
+    /// are read as rows of any stride (the standard path's are column ranges of one [T, N]).
     #[allow(clippy::too_many_arguments)]
     pub fn qk_norm_rope(
         &self,
-        qkv: [&DevBuf<bf16>; 3],
+        qkv: [Rows<'_>; 3],
         norms: [&DevBuf<bf16>; 2],
         rope: [&DevBuf<bf16>; 2],
         q_out: &DevBuf<bf16>,
@@ -160,9 +162,9 @@ impl DecoderOps<'_> {
         }
         let (qw, kw, pos) = (d.nq * d.d, d.nkv * d.d, s.last_pos());
         let args = KernelArgs::new()
-            .ptr(qkv[0].all().checked_ptr(st, s.t * qw, "q")?)
-            .ptr(qkv[1].all().checked_ptr(st, s.t * kw, "k")?)
-            .ptr(qkv[2].all().checked_ptr(st, s.t * kw, "v")?)
+            .ptr(qkv[0].checked_ptr(st, s.t, "q")?)
+            .ptr(qkv[1].checked_ptr(st, s.t, "k")?)
+            .ptr(qkv[2].checked_ptr(st, s.t, "v")?)
             .ptr(norms[0].all().checked_ptr(st, d.d, "q_norm weight")?)
             .ptr(norms[1].all().checked_ptr(st, d.d, "k_norm weight")?)
             .ptr(rope[0].all().checked_ptr(st, pos * d.d, "RoPE cos table")?)
@@ -171,6 +173,7 @@ impl DecoderOps<'_> {
             .ptr(cache[0].all().checked_ptr(st, pos * kw, "key cache")?)
             .ptr(cache[1].all().checked_ptr(st, pos * kw, "value cache")?)
             .dims(&[s.t, d.nq, d.nkv, d.d, s.first_pos])
+            .dims(&qkv.map(|r| r.stride))
             .f32(eps);
         let g = Geometry { grid: (s.t as u32, (d.nq + 2 * d.nkv) as u32, 1), block: d.d as u32, smem: 0 };
         self.run(&self.qk_norm_rope, "fusegate_qk_norm_rope", g, args)

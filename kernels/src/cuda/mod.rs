@@ -28,6 +28,7 @@ pub mod decoder;
 pub mod late_writer;
 pub mod memory;
 pub mod modules;
+pub mod outputs;
 pub mod plan;
 pub mod prepared;
 pub mod source;

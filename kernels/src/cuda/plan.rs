@@ -193,29 +193,9 @@ pub enum Route {
     Decode(DecodePlan),
     /// A fused tile kernel (`NAME` + the tile's suffix), its grid from [`grid_for`].
     Tile(Tile),
-    /// The standard path: HF RMSNorm kernel, then cuBLAS, writing q, k, v as [`StandardGemm`] says.
-    Standard(StandardGemm),
-}
-
-/// How the standard path's cuBLAS call(s) write q, k and v.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StandardGemm {
-    /// One GEMM into a [T, N] buffer, then a kernel splitting it into q, k, v: the fewest
-    /// launches, for small T where the split moves little.
-    Split,
-    /// One GEMM per output from its rows of W (HF's own q_proj, k_proj, v_proj): no [T, N]
-    /// round trip through memory, for large T where the split's copy costs more than two launches.
-    PerOutput,
-}
-
-/// Largest T at which the standard path splits one GEMM's output: measured (NOTES.md, s1) faster
-/// up to T = 512 (15.5 against 18.5 us) and slower from 2048 (43.8 against 36.7 us); 1024 is
-/// where the two lines cross when interpolated in T.
-pub const STANDARD_SPLIT_MAX_T: usize = 1024;
-
-/// The standard path's GEMM plan at `t` tokens.
-pub fn standard_gemm(t: usize) -> StandardGemm {
-    if t <= STANDARD_SPLIT_MAX_T { StandardGemm::Split } else { StandardGemm::PerOutput }
+    /// The standard path: HF RMSNorm kernel, then one cuBLAS GEMM into a [T, N] buffer whose
+    /// column ranges are q, k and v (as torch's `split` of F.linear's output: views, no copy).
+    Standard,
 }
 
 impl Route {
@@ -225,8 +205,7 @@ impl Route {
         match self {
             Route::Decode(p) => p.suffix,
             Route::Tile(t) => t.suffix,
-            Route::Standard(StandardGemm::Split) => "",
-            Route::Standard(StandardGemm::PerOutput) => "+per-output",
+            Route::Standard => "",
         }
     }
 }
@@ -237,7 +216,7 @@ impl Route {
 pub fn route(entry: &Entry, s: &Shape, max_smem: usize, rule: DecodeRule) -> Option<Route> {
     match entry.cuda {
         CudaImpl::None => None,
-        CudaImpl::NormThenCublas => Some(Route::Standard(standard_gemm(s.t))),
+        CudaImpl::NormThenCublas => Some(Route::Standard),
         CudaImpl::Fused { .. } => {
             let fp32 = entry.numerics.norm == NormRounding::Fp32;
             Some(match decode_plan_with(fp32, s, max_smem, rule) {
@@ -388,8 +367,8 @@ mod tests {
         // A different rule moves the boundaries with it.
         let wide = DecodeRule { max_t: 128, ..rule };
         assert_eq!(route_boundaries(get(EntryId::Exact), &dims, optin, wide), [16, 17, 128, 129, 256, 257]);
-        // The standard path changes how cuBLAS writes q, k, v above STANDARD_SPLIT_MAX_T.
-        assert_eq!(route_boundaries(get(EntryId::Standard), &dims, optin, rule), [1024, 1025]);
+        // The standard path is one norm kernel and one GEMM at every T.
+        assert!(route_boundaries(get(EntryId::Standard), &dims, optin, rule).is_empty());
         assert_eq!(route(get(EntryId::MutantUlpBias), &dims.with_t(1), optin, rule), None);
     }
 }

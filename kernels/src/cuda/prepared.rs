@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::args::{Geometry, KernelArgs, launch};
 use super::memory::DevBuf;
 use super::modules::occupancy;
-use super::plan::{Route, StandardGemm, grid_for};
+use super::outputs::{Outputs, Rows};
+use super::plan::{Route, grid_for};
 use super::source::Source;
 use super::{Cuda, device_err};
 use crate::backend::{BackendError, BackendId, Layer, check_inputs, check_layer};
@@ -72,11 +73,8 @@ enum Plan {
         /// Blocks of this kernel one SM holds at once (the driver's occupancy figure).
         per_sm: u32,
     },
-    Standard {
-        norm: CudaFunction,
-        split: CudaFunction,
-        gemm: StandardGemm,
-    },
+    /// HF RMSNorm into B, then one cuBLAS GEMM into the packed [T, N] output.
+    Standard { norm: CudaFunction },
 }
 
 /// An entry's device buffers and launch plan at one T: [`Cuda::launch`] re-runs it without
@@ -86,14 +84,11 @@ pub struct Prepared {
     shape: Shape,
     weights: Arc<DeviceWeights>,
     pub(super) x: DevBuf<bf16>,
-    q: DevBuf<bf16>,
-    k: DevBuf<bf16>,
-    v: DevBuf<bf16>,
+    /// q, k and v: packed for the standard path, separate for the fused kernels.
+    pub(super) out: Outputs,
     /// B [T, H]: the standard path's GEMM operand, or a fused kernel's debug copy.
     b: Option<DevBuf<bf16>>,
     inv_rms: Option<DevBuf<f32>>,
-    /// The standard path's [T, N] GEMM output before the split.
-    gemm_out: Option<DevBuf<bf16>>,
     /// Whether the kernels' 16-byte vector path applies (H % 8 == 0 and aligned inputs).
     vec16: bool,
     plan: Plan,
@@ -107,13 +102,10 @@ impl Prepared {
     pub fn x(&self) -> &DevBuf<bf16> {
         &self.x
     }
-    /// The op's outputs, q [T, Nq*D], k and v [T, Nkv*D].
-    pub fn qkv(&self) -> [&DevBuf<bf16>; 3] {
-        [&self.q, &self.k, &self.v]
-    }
-    /// Mutable q, k, v (to poison or overwrite them: a control's perturbation).
-    pub fn qkv_mut(&mut self) -> [&mut DevBuf<bf16>; 3] {
-        [&mut self.q, &mut self.k, &mut self.v]
+    /// The op's outputs, q [T, Nq*D], k and v [T, Nkv*D], as rows on the device (strided where
+    /// they are column ranges of the standard path's [T, N] output).
+    pub fn qkv(&self) -> [Rows<'_>; 3] {
+        self.out.rows(&self.shape)
     }
     pub fn shape(&self) -> Shape {
         self.shape
@@ -131,12 +123,8 @@ impl Prepared {
                 self.vec16,
                 if *chained { " pdl" } else { "" }
             ),
-            Plan::Standard { gemm: StandardGemm::Split, .. } => format!(
-                "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) + fusegate_split_qkv",
-                self.shape.t
-            ),
-            Plan::Standard { gemm: StandardGemm::PerOutput, .. } => format!(
-                "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) for each of q, k, v",
+            Plan::Standard { .. } => format!(
+                "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) into [T, N] (q, k, v as views)",
                 self.shape.t
             ),
         }
@@ -195,19 +183,15 @@ impl Cuda {
         let plan = self.plan(entry, &s, launch)?;
         let standard = matches!(plan, Plan::Standard { .. });
         let x = self.alloc(s.t * s.h, "x")?;
-        let q = self.alloc(s.t * s.q_width(), "q")?;
-        let k = self.alloc(s.t * s.kv_width(), "k")?;
-        let v = self.alloc(s.t * s.kv_width(), "v")?;
+        let out = Outputs::alloc(self, &s, standard)?;
         let has_b = standard || (debug && entry.numerics.norm != NormRounding::Fp32);
         let b = if has_b { Some(self.alloc(s.t * s.h, "B")?) } else { None };
         let inv_rms = if debug { Some(self.alloc(s.t, "inv_rms")?) } else { None };
-        let split = matches!(plan, Plan::Standard { gemm: StandardGemm::Split, .. });
-        let gemm_out = if split { Some(self.alloc(s.t * s.n(), "GEMM output")?) } else { None };
         let st = &self.stream;
         let aligned = (x.ptr(st) | weights.norm.ptr(st) | weights.qkv.ptr(st)).is_multiple_of(16);
         let vec16 = s.h.is_multiple_of(8) && aligned;
         let weights = weights.clone();
-        Ok(Prepared { entry, shape: s, weights, x, q, k, v, b, inv_rms, gemm_out, vec16, plan })
+        Ok(Prepared { entry, shape: s, weights, x, out, b, inv_rms, vec16, plan })
     }
 
     /// One run's inputs uploaded whole: the layer's weights, then a plan at the inputs' T with x
@@ -232,12 +216,8 @@ impl Cuda {
         let unsupported = || BackendError::Unsupported { backend: BackendId::Cuda, entry: entry.name };
         let route = self.route(entry, s).ok_or_else(unsupported)?;
         let CudaImpl::Fused { kernel } = entry.cuda else {
-            let Route::Standard(gemm) = route else { return Err(unsupported()) };
-            return Ok(Plan::Standard {
-                norm: self.function(Source::Rmsnorm, None, "fusegate_hf_rmsnorm", 0)?,
-                split: self.function(Source::Rmsnorm, None, "fusegate_split_qkv", 0)?,
-                gemm,
-            });
+            let Route::Standard = route else { return Err(unsupported()) };
+            return Ok(Plan::Standard { norm: self.function(Source::Rmsnorm, None, "fusegate_hf_rmsnorm", 0)? });
         };
         let name = format!("{kernel}{}", route.suffix());
         let (func, geometry, per_sm) = match route {
@@ -256,7 +236,7 @@ impl Cuda {
                 let grid = grid_for(tile, s, self.sms * per_sm);
                 (func, Geometry { grid, block: tile.threads, smem: tile.smem }, per_sm)
             }
-            Route::Standard(_) => return Err(unsupported()),
+            Route::Standard => return Err(unsupported()),
         };
         Ok(Plan::Fused { func, name, geometry, chained: launch == Launch::Chained, per_sm })
     }
@@ -270,7 +250,7 @@ impl Cuda {
     /// Fills q, k, v (and the debug stages) with NaN, so that unwritten elements show.
     pub fn poison(&self, p: &mut Prepared) -> Result<(), BackendError> {
         let nan = bf16::from_bits(BF16_POISON);
-        for buf in [&mut p.q, &mut p.k, &mut p.v] {
+        for buf in p.out.buffers_mut() {
             self.fill(buf, nan)?;
         }
         if let Some(b) = p.b.as_mut() {
@@ -291,15 +271,15 @@ impl Cuda {
         let w = &p.weights;
         let opt = |b: Option<u64>| b.unwrap_or(0);
         let (b, r) = (opt(p.b.as_ref().map(|b| b.ptr(st))), opt(p.inv_rms.as_ref().map(|r| r.ptr(st))));
-        match &p.plan {
-            Plan::Fused { func, name, geometry, chained, .. } => {
+        match (&p.plan, &p.out) {
+            (Plan::Fused { func, name, geometry, chained, .. }, Outputs::Separate([q, k, v])) => {
                 let args = KernelArgs::new()
                     .ptr(p.x.ptr(st))
                     .ptr(w.norm.ptr(st))
                     .ptr(w.qkv.ptr(st))
-                    .ptr(p.q.ptr(st))
-                    .ptr(p.k.ptr(st))
-                    .ptr(p.v.ptr(st))
+                    .ptr(q.ptr(st))
+                    .ptr(k.ptr(st))
+                    .ptr(v.ptr(st))
                     .ptr(b)
                     .ptr(r)
                     .dims(&[s.t, s.h, s.nq, s.nkv, s.d])
@@ -311,21 +291,14 @@ impl Cuda {
                 unsafe { launch(func.cu_function(), *geometry, st.cu_stream(), args, *chained) }
                     .map_err(|e| device_err(format!("launching {name}{}", if *chained { " (PDL)" } else { "" }), e))
             }
-            Plan::Standard { norm, split, gemm } => self.launch_standard(p, norm, split, *gemm, b, r),
+            (Plan::Standard { norm }, Outputs::Packed(out)) => self.launch_standard(p, norm, out.ptr(st), b, r),
+            _ => Err(BackendError::Device(format!("{}: outputs not laid out for its plan", p.entry.name))),
         }
     }
 
-    /// HF RMSNorm into B, then cuBLAS B @ W^T: into the [T, N] output and split into q, k, v,
-    /// or straight into q, k and v from their rows of W ([`StandardGemm`]).
-    fn launch_standard(
-        &self,
-        p: &Prepared,
-        norm: &CudaFunction,
-        split: &CudaFunction,
-        gemm: StandardGemm,
-        b: u64,
-        r: u64,
-    ) -> Result<(), BackendError> {
+    /// HF RMSNorm into B, then cuBLAS B @ W^T into the packed [T, N] output `out`: what torch
+    /// does for F.linear on the concatenated weight, whose `split` into q, k, v is views.
+    fn launch_standard(&self, p: &Prepared, norm: &CudaFunction, out: u64, b: u64, r: u64) -> Result<(), BackendError> {
         let st = &self.stream;
         let (s, w) = (p.shape, &p.weights);
         let args = KernelArgs::new().ptr(p.x.ptr(st)).ptr(w.norm.ptr(st)).ptr(b).ptr(r).dims(&[s.t, s.h]).f32(w.eps);
@@ -334,26 +307,7 @@ impl Cuda {
         // elements; one 256-thread block per row.
         unsafe { launch(norm.cu_function(), rows, st.cu_stream(), args, false) }
             .map_err(|e| device_err("launching fusegate_hf_rmsnorm", e))?;
-        if gemm == StandardGemm::PerOutput {
-            // W's rows are q | k | v (bf16, H each): each output from its own rows.
-            let (w0, row) = (w.qkv.ptr(st), 2 * s.h as u64);
-            let (qw, kw) = (s.q_width(), s.kv_width());
-            self.linear_raw(w0, b, p.q.ptr(st), qw, s.t, s.h)?;
-            self.linear_raw(w0 + qw as u64 * row, b, p.k.ptr(st), kw, s.t, s.h)?;
-            return self.linear_raw(w0 + (qw + kw) as u64 * row, b, p.v.ptr(st), kw, s.t, s.h);
-        }
-        let out = p.gemm_out.as_ref().map_or(0, |o| o.ptr(st));
-        self.gemm_bf16(w.qkv.ptr(st), b, out, &s)?;
-        let args = KernelArgs::new()
-            .ptr(out)
-            .ptr(p.q.ptr(st))
-            .ptr(p.k.ptr(st))
-            .ptr(p.v.ptr(st))
-            .dims(&[s.t, s.nq, s.nkv, s.d]);
-        let pairs = Geometry { grid: ((s.t * s.n() / 2).div_ceil(256) as u32, 1, 1), block: 256, smem: 0 };
-        // SAFETY: fusegate_split_qkv(out [T,N], q, k, v, T, Nq, Nkv, D), one pair per thread.
-        unsafe { launch(split.cu_function(), pairs, st.cu_stream(), args, false) }
-            .map_err(|e| device_err("launching fusegate_split_qkv", e))
+        self.gemm_bf16(w.qkv.ptr(st), b, out, &s)
     }
 
     /// out [T, N] = b [T, H] @ w [N, H]^T: PyTorch's F.linear, bf16 with fp32 compute.
@@ -417,9 +371,9 @@ impl Cuda {
     pub fn download(&self, p: &Prepared) -> Result<Observed, BackendError> {
         self.synchronize()?;
         let mut obs = Observed::new();
-        obs.insert(Stage::Q, StageData::Bf16(self.download_buf(&p.q, "q")?));
-        obs.insert(Stage::K, StageData::Bf16(self.download_buf(&p.k, "k")?));
-        obs.insert(Stage::V, StageData::Bf16(self.download_buf(&p.v, "v")?));
+        for (stage, data) in Stage::C.into_iter().zip(self.download_qkv(p)?) {
+            obs.insert(stage, StageData::Bf16(data));
+        }
         if let Some(b) = &p.b {
             obs.insert(Stage::B, StageData::Bf16(self.download_buf(b, "B")?));
         }

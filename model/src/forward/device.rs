@@ -292,9 +292,7 @@ impl<'a> DeviceForward<'a> {
         let cuda = self.cuda;
         let step = self.steps.get_mut(&t).ok_or_else(|| BackendError::Device(format!("no buffers at T = {t}")))?;
         for op in &mut step.ops {
-            for buf in op.qkv_mut() {
-                cuda.fill(buf, POISON)?;
-            }
+            cuda.poison(op)?;
         }
         Ok(())
     }
@@ -331,16 +329,15 @@ impl<'a> DeviceForward<'a> {
 /// Copies layer `l`'s q, k, v to the host, lets `tap` change them, and writes them back.
 fn perturb(cuda: &Cuda, op: &mut Prepared, l: usize, tap: &mut dyn Tap) -> Result<(), BackendError> {
     let mut observed = Observed::new();
-    for (stage, buf) in Stage::C.into_iter().zip(op.qkv()) {
-        observed.insert(stage, StageData::Bf16(cuda.download_buf(buf, "q/k/v for a control")?));
+    for (stage, data) in Stage::C.into_iter().zip(cuda.download_qkv(op)?) {
+        observed.insert(stage, StageData::Bf16(data));
     }
     tap.qkv(l, &mut observed);
-    for (stage, buf) in Stage::C.into_iter().zip(op.qkv_mut()) {
-        if let Some(StageData::Bf16(v)) = observed.get(&stage) {
-            cuda.write(buf, v, "perturbed q/k/v")?;
-        }
-    }
-    Ok(())
+    let part = |stage: Stage| match observed.get(&stage) {
+        Some(StageData::Bf16(v)) => Ok(v.as_slice()),
+        _ => Err(BackendError::Device(format!("a control dropped {stage:?} of layer {l}"))),
+    };
+    cuda.write_qkv(op, [part(Stage::Q)?, part(Stage::K)?, part(Stage::V)?])
 }
 
 impl ForwardPass for DeviceForward<'_> {
