@@ -3,17 +3,19 @@
 // each row; nothing copies them apart).
 //
 // Launch rule (prepared.rs `launch_standard` encodes it):
-//   fusegate_hf_rmsnorm: grid = T blocks (one row each), block = 256 threads, no dynamic smem.
+//   fusegate_hf_rmsnorm: grid = T blocks (one row each), block = plan.rs `norm_threads(H)` (a
+//                        multiple of 32, at most 256: one 16-byte chunk per thread where H allows),
+//                        no dynamic smem.
 #include "common.cuh"
 
 namespace fg {
 constexpr int NORM_THREADS = 256;
 }
 
-// One row per block. Sum of squares: thread i takes the elements of 16-byte chunks i, i+256, ...
-// (8 elements each, in increasing k; single elements i, i+256, ... where H % 8 != 0 or a pointer
-// is not 16-byte aligned), then warp xor butterflies and the 8 warp sums in a fixed order:
-// deterministic and independent of T.
+// One row per block of B threads (B from H alone). Sum of squares: thread i takes the elements of
+// 16-byte chunks i, i+B, ... (8 elements each, in increasing k; single elements i, i+B, ... where
+// H % 8 != 0 or a pointer is not 16-byte aligned), then warp xor butterflies and the B/32 warp
+// sums in warp order: deterministic and independent of T.
 // A = bf16(x * r), B = bf16(w * A), r = rsqrtf(sum * (1/H) + eps): HF's rounding points.
 extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
     fusegate_hf_rmsnorm(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
@@ -21,7 +23,8 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
     __shared__ float s_part[fg::NORM_THREADS / 32];
     __shared__ float s_r;
     const int t = blockIdx.x;
-    if (t >= T || blockDim.x != fg::NORM_THREADS) return;
+    const int nt = blockDim.x;
+    if (t >= T || nt % 32 != 0 || nt > fg::NORM_THREADS) return;
     const __nv_bfloat16* row = x + static_cast<size_t>(t) * H;
     __nv_bfloat16* out = b_out + static_cast<size_t>(t) * H;
     typedef unsigned long long addr;
@@ -29,7 +32,7 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
                      ((reinterpret_cast<addr>(x) | reinterpret_cast<addr>(w) | reinterpret_cast<addr>(b_out)) & 15) == 0;
     float acc = 0.f;
     if (vec) {
-        for (int c = threadIdx.x; c < H / 8; c += fg::NORM_THREADS) {
+        for (int c = threadIdx.x; c < H / 8; c += nt) {
             const uint4 v = fg::ldg16(row + 8 * c);
             const fg::u32 ps[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -39,7 +42,7 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
             }
         }
     } else {
-        for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS) {
+        for (int k = threadIdx.x; k < H; k += nt) {
             const float f = fg::bf2f(row[k]);
             acc = fmaf(f, f, acc);
         }
@@ -50,8 +53,7 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
     __syncthreads();
     if (threadIdx.x == 0) {
         float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < fg::NORM_THREADS / 32; ++i) sum += s_part[i];
+        for (int i = 0; i < nt / 32; ++i) sum += s_part[i];
         s_r = fg::inv_rms_from_sum(sum, H, eps);
         if (inv_rms_out != nullptr) inv_rms_out[t] = s_r;
     }
@@ -62,7 +64,7 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
         return __fmul_rn(wv, __bfloat162float(__float2bfloat16_rn(__fmul_rn(xv, r))));
     };
     if (vec) {
-        for (int c = threadIdx.x; c < H / 8; c += fg::NORM_THREADS) {
+        for (int c = threadIdx.x; c < H / 8; c += nt) {
             const uint4 xv = fg::ldg16(row + 8 * c), wv = fg::ldg16(w + 8 * c);
             const fg::u32 xs[4] = {xv.x, xv.y, xv.z, xv.w}, ws[4] = {wv.x, wv.y, wv.z, wv.w};
             fg::u32 bs[4];
@@ -72,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(fg::NORM_THREADS)
             *reinterpret_cast<uint4*>(out + 8 * c) = make_uint4(bs[0], bs[1], bs[2], bs[3]);
         }
     } else {
-        for (int k = threadIdx.x; k < H; k += fg::NORM_THREADS)
+        for (int k = threadIdx.x; k < H; k += nt)
             out[k] = __float2bfloat16_rn(b_of(fg::bf2f(row[k]), fg::bf2f(w[k])));
     }
 }

@@ -10,6 +10,7 @@ use half::bf16;
 use super::args::{Geometry, KernelArgs, launch};
 use super::memory::{DevBuf, View};
 use super::outputs::Rows;
+use super::plan::norm_threads;
 use super::source::Source;
 use super::{Cuda, device_err};
 use crate::backend::BackendError;
@@ -121,7 +122,8 @@ impl DecoderOps<'_> {
             .ptr(0)
             .dims(&[t, h])
             .f32(eps);
-        self.run(&self.rmsnorm, "fusegate_hf_rmsnorm", Geometry { grid: (t as u32, 1, 1), block: 256, smem: 0 }, args)
+        let g = Geometry { grid: (t as u32, 1, 1), block: norm_threads(h), smem: 0 };
+        self.run(&self.rmsnorm, "fusegate_hf_rmsnorm", g, args)
     }
 
     /// out [T, N] = x [T, K] @ w [N, K]^T (F.linear on bf16: cuBLAS, fp32 compute).

@@ -186,6 +186,17 @@ pub fn grid_for(tile: Tile, shape: &Shape, slots: u32) -> (u32, u32, u32) {
     (tiles_n.div_ceil(npb), tiles_t, 1)
 }
 
+/// Most threads of the HF RMSNorm kernel (`NORM_THREADS` in rmsnorm.cu, its launch bound).
+const NORM_MAX_THREADS: usize = 256;
+
+/// Threads per row of the HF RMSNorm kernel (rmsnorm.cu) at hidden size `h`: one 16-byte chunk
+/// (8 bf16) per thread, in whole warps, at most 256. At H = 1024 that is 128, so twice as many
+/// rows are in flight per SM as with 256 (half of whose threads had no chunk). From H alone, so
+/// the sum's order never depends on T.
+pub fn norm_threads(h: usize) -> u32 {
+    (h.div_ceil(8).div_ceil(32) * 32).clamp(32, NORM_MAX_THREADS) as u32
+}
+
 /// What runs an entry at one T.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -352,6 +363,13 @@ mod tests {
         let (gx, gy, _) = grid_for(tile, &odd, 132);
         let tiles_n = odd.n().div_ceil(tile.bn as usize) as u32;
         assert!(gx * tiles_n.div_ceil(gx) >= tiles_n && gy * tile.bt >= 37);
+    }
+
+    #[test]
+    fn the_norm_gives_each_thread_one_chunk_in_whole_warps() {
+        assert_eq!([8, 256, 1024, 1025, 2048, 4096, 8192].map(norm_threads), [32, 32, 128, 160, 256, 256, 256]);
+        // The kernel's shared partial sums hold at most NORM_MAX_THREADS / 32 warps.
+        assert!(Source::Rmsnorm.text().contains(&format!("NORM_THREADS = {NORM_MAX_THREADS};")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::args::{Geometry, KernelArgs, launch};
 use super::memory::DevBuf;
 use super::modules::occupancy;
 use super::outputs::{Outputs, Rows};
-use super::plan::{Route, grid_for};
+use super::plan::{Route, grid_for, norm_threads};
 use super::source::Source;
 use super::{Cuda, device_err};
 use crate::backend::{BackendError, BackendId, Layer, check_inputs, check_layer};
@@ -124,8 +124,9 @@ impl Prepared {
                 if *chained { " pdl" } else { "" }
             ),
             Plan::Standard { .. } => format!(
-                "fusegate_hf_rmsnorm grid={} block=256 + cublasGemmEx(bf16, COMPUTE_32F) into [T, N] (q, k, v as views)",
-                self.shape.t
+                "fusegate_hf_rmsnorm grid={} block={} + cublasGemmEx(bf16, COMPUTE_32F) into [T, N] (q, k, v as views)",
+                self.shape.t,
+                norm_threads(self.shape.h)
             ),
         }
     }
@@ -302,9 +303,9 @@ impl Cuda {
         let st = &self.stream;
         let (s, w) = (p.shape, &p.weights);
         let args = KernelArgs::new().ptr(p.x.ptr(st)).ptr(w.norm.ptr(st)).ptr(b).ptr(r).dims(&[s.t, s.h]).f32(w.eps);
-        let rows = Geometry { grid: (s.t as u32, 1, 1), block: 256, smem: 0 };
+        let rows = Geometry { grid: (s.t as u32, 1, 1), block: norm_threads(s.h), smem: 0 };
         // SAFETY: fusegate_hf_rmsnorm(x, w, b_out, inv_rms_out nullable, T, H, eps); b has T*H
-        // elements; one 256-thread block per row.
+        // elements; one block of norm_threads(H) per row.
         unsafe { launch(norm.cu_function(), rows, st.cu_stream(), args, false) }
             .map_err(|e| device_err("launching fusegate_hf_rmsnorm", e))?;
         self.gemm_bf16(w.qkv.ptr(st), b, out, &s)
