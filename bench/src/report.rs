@@ -146,9 +146,18 @@ fn write_decode_targets(s: &mut String, run: &BenchRun) {
             "- T={t}, cold, {launch}: best fused `{v}` {med:.2} us = {:.2}x the floor (target <= 1.5: {}); {} vs standard; {}",
             med / floor,
             verdict(med / floor <= 1.5),
-            std.map_or("n/a".into(), |x| format!("{:.2}x faster", x / med)),
+            std.map_or("n/a".into(), |x| speed_ratio(x / med)),
             against_strongest(run, t, med),
         );
+    }
+}
+
+/// `other / ours` as "N.NNx faster", or "N.NNx slower" where ours takes longer (never "0.93x faster").
+fn speed_ratio(other_over_ours: f64) -> String {
+    if other_over_ours >= 1.0 {
+        format!("{other_over_ours:.2}x faster")
+    } else {
+        format!("{:.2}x slower", 1.0 / other_over_ours)
     }
 }
 
@@ -156,8 +165,7 @@ fn write_decode_targets(s: &mut String, run: &BenchRun) {
 fn against_strongest(run: &BenchRun, t: usize, med: f64) -> String {
     match run.strongest_alternative(t, Cache::Cold) {
         Some(b) => {
-            let r = b.time_us.median / med;
-            let how = if r >= 1.0 { format!("{r:.2}x faster") } else { format!("{:.2}x slower", 1.0 / r) };
+            let how = speed_ratio(b.time_us.median / med);
             format!("{how} than the strongest alternative `{}` ({:.2} us)", b.name, b.time_us.median)
         }
         None => "no graph-timed alternative measured".into(),
@@ -266,6 +274,12 @@ mod tests {
             (EntryId::Mixed, open(false, false)),
             (EntryId::Exact, open(true, true)),
         ])
+    }
+
+    #[test]
+    fn a_slower_kernel_is_called_slower_not_a_fraction_faster() {
+        assert_eq!(speed_ratio(8.49 / 7.78), "1.09x faster");
+        assert_eq!(speed_ratio(7.18 / 7.76), "1.08x slower");
     }
 
     #[test]
