@@ -96,7 +96,7 @@ fn series(run: &BenchRun, cold: &[&Measurement]) -> Vec<Series> {
     for (name, color) in [
         (BaselineId::TorchCompileGraph, RGBColor(148, 103, 189)),
         (BaselineId::HfEagerGraph, RGBColor(120, 120, 120)),
-        (BaselineId::CublasGemmGraph, RGBColor(188, 189, 34)),
+        (BaselineId::CublasGemmGraph, RGBColor(140, 86, 75)),
     ] {
         let points: Vec<_> = run
             .baselines
