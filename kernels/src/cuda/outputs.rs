@@ -42,6 +42,9 @@ impl Rows<'_> {
     }
 }
 
+/// q, k and v, as buffers and errors name them.
+const NAMES: [&str; 3] = ["q", "k", "v"];
+
 /// q, k and v's widths at `s`.
 fn widths(s: &Shape) -> [usize; 3] {
     [s.q_width(), s.kv_width(), s.kv_width()]
@@ -53,8 +56,12 @@ impl Outputs {
         if packed {
             return Ok(Outputs::Packed(cuda.alloc(s.t * s.n(), "q|k|v")?));
         }
-        let [qw, kw, vw] = widths(s);
-        Ok(Outputs::Separate([cuda.alloc(s.t * qw, "q")?, cuda.alloc(s.t * kw, "k")?, cuda.alloc(s.t * vw, "v")?]))
+        let w = widths(s);
+        Ok(Outputs::Separate([
+            cuda.alloc(s.t * w[0], NAMES[0])?,
+            cuda.alloc(s.t * w[1], NAMES[1])?,
+            cuda.alloc(s.t * w[2], NAMES[2])?,
+        ]))
     }
 
     /// q, k and v as rows at `s`.
@@ -84,7 +91,7 @@ impl Cuda {
         let s = p.shape();
         match &p.out {
             Outputs::Separate([q, k, v]) => {
-                Ok([self.download_buf(q, "q")?, self.download_buf(k, "k")?, self.download_buf(v, "v")?])
+                Ok([self.download_buf(q, NAMES[0])?, self.download_buf(k, NAMES[1])?, self.download_buf(v, NAMES[2])?])
             }
             Outputs::Packed(buf) => Ok(unpack(&self.download_buf(buf, "q|k|v")?, widths(&s))),
         }
@@ -95,7 +102,7 @@ impl Cuda {
     pub fn write_qkv(&self, p: &mut Prepared, qkv: [&[bf16]; 3]) -> Result<(), BackendError> {
         let s = p.shape();
         let w = widths(&s);
-        for ((part, wi), name) in qkv.iter().zip(w).zip(["q", "k", "v"]) {
+        for ((part, wi), name) in qkv.iter().zip(w).zip(NAMES) {
             if part.len() != s.t * wi {
                 return Err(BackendError::BadInput(format!(
                     "{name}: {} elements written, the output holds {}",
@@ -106,7 +113,7 @@ impl Cuda {
         }
         match &mut p.out {
             Outputs::Separate(bufs) => {
-                for ((buf, part), name) in bufs.iter_mut().zip(qkv).zip(["q", "k", "v"]) {
+                for ((buf, part), name) in bufs.iter_mut().zip(qkv).zip(NAMES) {
                     self.write(buf, part, name)?;
                 }
                 Ok(())
