@@ -361,13 +361,15 @@ pub fn conditions(gpu: Option<&Gpu>) -> Conditions {
     gpu.map(Gpu::conditions).unwrap_or_default()
 }
 
-/// Measures the device's copy bandwidth and bf16 GEMM rate on random data (once per machine).
+/// Measures the device's copy bandwidth, bf16 GEMM rate and mma.sync rate on random data (once
+/// per machine).
 pub fn measure_ceilings(cuda: &Cuda) -> Result<Ceilings> {
     let timer = Timer::new(cuda)?;
     let mut rng = synth::Rng::new(11);
     let bandwidth = copy_bandwidth(cuda, &timer, &mut rng)?;
     let bf16_flops = gemm_rate(cuda, &timer, &mut rng)?;
-    Ok(Ceilings { bandwidth, bf16_flops })
+    let mma_sync_flops = Some(mma_sync_rate(cuda, &timer, &mut rng)?);
+    Ok(Ceilings { bandwidth, bf16_flops, mma_sync_flops })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -387,6 +389,35 @@ fn copy_bandwidth(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f6
         copy.push(timer.time(stream, || stream.memcpy_dtod(&src, &mut dst).map_err(dev("copying")))?);
     }
     Ok(2.0 * (n * 4) as f64 / (median(copy) * 1e-6))
+}
+
+/// mma.sync's bf16 rate: the best median over one block per SM of 4 to 32 warps (one to eight
+/// per scheduler), each launch doing the same flops (~0.3 ms at 600 TFLOP/s).
+fn mma_sync_rate(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f64> {
+    let frags: Vec<bf16> = (0..512).map(|_| bf16::from_f32((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)).collect();
+    let mut best = 0.0f64;
+    for warps in [4u32, 8, 16, 32] {
+        let probe = cuda.mma_rate_probe(&frags, warps)?;
+        let rounds = 65536 / warps;
+        let mut rates = Vec::new();
+        for i in 0..8 {
+            let mut flops = 0.0;
+            let us = timer.time(cuda.stream(), || {
+                flops = cuda.enqueue_mma_rate(&probe, rounds)?;
+                Ok(())
+            })?;
+            if i >= 2 {
+                rates.push(flops / (us * 1e-6));
+            }
+        }
+        if !cuda.mma_rate_checked(&probe)? {
+            return Err(BackendError::Device(format!(
+                "mma rate probe with {warps} warps per block: the warps' sums differ or are not finite"
+            )));
+        }
+        best = best.max(median(rates));
+    }
+    Ok(best)
 }
 
 /// An 8192^3 bf16 GEMM with fp32 accumulation on random operands, in flop/s.

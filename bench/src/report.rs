@@ -5,10 +5,11 @@ mod plot;
 
 pub use plot::plot_svg;
 
+use crate::roofline;
 use crate::schema::{BaselineId, BenchRun, Cache, Launch, Measurement};
 use crate::select::Decision;
-use fusegate_kernels::EntryId;
 use fusegate_kernels::registry::{self, CudaImpl};
+use fusegate_kernels::{EntryId, Shape};
 use std::fmt::Write as _;
 
 /// A measurement's column and legend name: the variant, marked when chained.
@@ -62,6 +63,7 @@ pub fn markdown(run: &BenchRun, decision: Option<&Decision>, svg_name: &str) -> 
         write_prefill_targets(&mut s, run, d);
         write_alternative_targets(&mut s, run, d);
     }
+    write_mma_sync_bound(&mut s, run);
     let _ =
         writeln!(s, "- Whole default matrix: {:.0} s (target < 300 s: {})", run.seconds, verdict(run.seconds < 300.0));
     s
@@ -218,6 +220,39 @@ fn write_alternative_targets(s: &mut String, run: &BenchRun, d: &Decision) {
     }
 }
 
+/// Prefill (T >= 128): the least time any mma.sync kernel can take (a fused prefill built like
+/// fusegate's tile kernels) against the fastest figure measured there, fusegate's standard path
+/// or a graph-timed alternative: where the bound is the larger, no such kernel can win.
+fn write_mma_sync_bound(s: &mut String, run: &BenchRun) {
+    let Some(rate) = run.ceilings.mma_sync_flops else { return };
+    let standard = registry::baseline().id;
+    for &t in run.config.tokens.iter().filter(|&&t| t >= 128) {
+        let Some(bound) = roofline::mma_sync_floor_s(&Shape::qwen3_06b(t), &run.ceilings).map(|b| b * 1e6) else {
+            continue;
+        };
+        let ours = run.find(standard, t, Cache::Cold, Launch::Serial).filter(|m| m.usable());
+        let alt = run.strongest_alternative(t, Cache::Cold);
+        let best = match (ours, alt) {
+            (Some(m), Some(b)) if b.time_us.median < m.time_us.median => (b.name.to_string(), b.time_us.median),
+            (Some(m), _) => (standard.to_string(), m.time_us.median),
+            (None, Some(b)) => (b.name.to_string(), b.time_us.median),
+            (None, None) => continue,
+        };
+        let how = if bound < best.1 {
+            format!("a fused mma.sync prefill could be at most {:.2}x faster", best.1 / bound)
+        } else {
+            format!("no mma.sync kernel can win (the bound is {:.2}x that)", bound / best.1)
+        };
+        let _ = writeln!(
+            s,
+            "- T={t}, cold: any mma.sync kernel >= {bound:.2} us (flops at the measured {:.0} TFLOP/s); the fastest measured is `{}` {:.2} us: {how}",
+            rate / 1e12,
+            best.0,
+            best.1
+        );
+    }
+}
+
 /// Prefill (T >= 2048): what the dispatch picks there, against the standard path.
 fn write_prefill_targets(s: &mut String, run: &BenchRun, d: &Decision) {
     let standard = registry::baseline().id;
@@ -371,5 +406,30 @@ mod tests {
         );
         assert!(md.contains("1.05x slower than the strongest alternative `torch-compile-graph` (7.40 us)"), "{md}");
         assert!(!md.contains("(no graph) (") && !md.contains("vs PyTorch eager"));
+    }
+
+    /// The mma.sync bound at a rate half cuBLAS's: T = 8192 is compute-bound and no mma.sync kernel
+    /// can reach the standard path's 106.63 us; T = 128 is memory-bound and leaves room; without a
+    /// measured rate there is no claim either way.
+    #[test]
+    fn the_mma_sync_bound_says_where_a_fused_prefill_cannot_win() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/nvidia-h200/bench-20261130T212257Z.json");
+        let mut run = BenchRun::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run.ceilings.mma_sync_flops, None, "a file from before the mma.sync ceiling");
+        assert!(!markdown(&run, None, "latency.svg").contains("any mma.sync kernel"));
+        run.ceilings.mma_sync_flops = Some(run.ceilings.bf16_flops / 2.0);
+        let md = markdown(&run, None, "latency.svg");
+        let line = |t: usize| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("- T={t}, cold: any mma.sync kernel")))
+                .unwrap_or_else(|| panic!("{md}"))
+        };
+        assert!(
+            line(8192).contains("the fastest measured is `standard` 106.63 us: no mma.sync kernel can win"),
+            "{md}"
+        );
+        assert!(line(128).contains("`standard` 7.64 us: a fused mma.sync prefill could be at most"), "{md}");
+        assert!(!md.contains("- T=32, cold: any mma.sync kernel"), "decode is not prefill: {md}");
     }
 }

@@ -80,12 +80,14 @@ struct CeilingsFile {
     utc: String,
 }
 
-/// Ceilings from results/<gpu>/ceilings.json when its fingerprint matches, else measured and saved.
+/// Ceilings from results/<gpu>/ceilings.json when its fingerprint matches and it holds every
+/// ceiling, else all measured now and saved.
 pub fn ceilings(cuda: &Cuda, fp: &Fingerprint, dir: &Path) -> Result<(Ceilings, bool), BackendError> {
     let path = dir.join("ceilings.json");
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(file) = serde_json::from_str::<CeilingsFile>(&text)
         && &file.fingerprint == fp
+        && file.ceilings.mma_sync_flops.is_some()
     {
         return Ok((file.ceilings, true));
     }

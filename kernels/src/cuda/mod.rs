@@ -14,6 +14,8 @@
 //! - [`prepared`]: weights uploaded once per layer, per-T buffers and plans, `launch` (enqueue
 //!   only, for timing and graph capture), `poison`, `download`;
 //! - [`late_writer`]: whether a chained (PDL) launch waits for the kernel before it;
+//! - [`mma_rate`]: the tensor cores' rate through mma.sync, the bound on every fusegate tensor-core
+//!   kernel;
 //! - [`decoder`]: the rest of HF's decoder layer (head norms, RoPE, attention, MLP glue, GEMMs)
 //!   for the model gate's device forward pass;
 //! - `backend`: the [`Backend`](crate::Backend) implementation over the above.
@@ -27,6 +29,7 @@ mod backend;
 pub mod decoder;
 pub mod late_writer;
 pub mod memory;
+pub mod mma_rate;
 pub mod modules;
 pub mod outputs;
 pub mod plan;
