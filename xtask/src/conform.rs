@@ -1,11 +1,11 @@
 //! `cargo xtask conform`: run the conformance suite, print the table, write the results file.
 
+use crate::cases::CaseArgs;
 use crate::interrupt::{self, EXIT_INTERRUPTED};
 use crate::outputs::results_dir;
 use crate::progress::Progress;
 use anyhow::Context;
 use fusegate_bench::schema::slug;
-use fusegate_harness::backends::Choice;
 use fusegate_harness::cancel::Ran;
 use fusegate_harness::conform::{self, DEFAULT_SEED, Options};
 use fusegate_harness::results::{ConformanceRun, prepare_output, write_atomically};
@@ -20,41 +20,28 @@ pub struct Args {
     /// Variant or mutant to check (repeatable); a variant brings its mutants. Default: all.
     #[arg(long = "variant", value_name = "V")]
     variants: Vec<String>,
-    /// Only golden cases whose name matches (substring, or a glob with *).
-    #[arg(long, value_name = "PATTERN")]
-    case: Option<String>,
-    /// auto: CUDA where a GPU is present, else the CPU emulation.
-    #[arg(long, default_value = "auto", value_parser = parse_choice)]
-    backend: Choice,
+    #[command(flatten)]
+    cases: CaseArgs,
     /// Results file. Default: conformance-<backend>.json in the results folder (`--record`:
     /// results/, else target/fusegate/results/), on a GPU under <gpu>/ (a run narrowed by
     /// --variant, --case or --golden: conformance-<backend>-partial.json).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Golden directory (holds manifest.json). Default: golden/data, or $FUSEGATE_GOLDEN_DIR.
-    #[arg(long, value_name = "DIR")]
-    golden: Option<PathBuf>,
     /// Seed of the synthetic inputs used by the invariance trials.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
-}
-
-fn parse_choice(s: &str) -> Result<Choice, String> {
-    s.parse()
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     // A run narrowed by any of these checks less than select needs: it never replaces the
     // results file a decision reads, but goes beside it.
     let partial: Vec<&str> =
-        [(!a.variants.is_empty(), "--variant"), (a.case.is_some(), "--case"), (a.golden.is_some(), "--golden")]
-            .into_iter()
-            .filter_map(|(set, flag)| set.then_some(flag))
-            .collect();
+        (!a.variants.is_empty()).then_some("--variant").into_iter().chain(a.cases.narrowing()).collect();
     if let Some(json) = &a.json {
         prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
     }
-    let opts = Options { entries: a.variants, case: a.case, backend: a.backend, golden_dir: a.golden, seed: a.seed };
+    let CaseArgs { case, backend, golden } = a.cases;
+    let opts = Options { entries: a.variants, case, backend, golden_dir: golden, seed: a.seed };
     let plan = conform::plan(&opts)?;
     anyhow::ensure!(!plan.trials.is_empty(), "no trial matches the options: nothing would be checked");
     let cancel = interrupt::install();
@@ -115,6 +102,7 @@ fn conclude(ran: &Ran<ConformanceRun>, path: &Path, partial: &[&str]) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fusegate_harness::backends::Choice;
     use fusegate_harness::cancel::Cancel;
 
     #[test]

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_model;
 mod bundle;
+mod cases;
 mod conform;
 mod golden;
 mod interrupt;

@@ -1,11 +1,11 @@
 //! `cargo xtask resolution`: the smallest defect each variant's contract rejects, on every golden
 //! case (harness/src/resolution.rs says how it is measured).
 
+use crate::cases::CaseArgs;
 use crate::outputs::results_dir;
 use anyhow::Context;
 use fusegate_bench::schema::slug;
 use fusegate_golden::Manifest;
-use fusegate_harness::backends::Choice;
 use fusegate_harness::conform::{self, DEFAULT_SEED};
 use fusegate_harness::resolution::{self, ResolutionRun};
 use fusegate_harness::results::{Environment, SchemaTag, prepare_output, write_atomically};
@@ -20,15 +20,8 @@ pub struct Args {
     /// Variant whose contract is measured (repeatable). Default: every variant.
     #[arg(long = "variant", value_name = "V")]
     variants: Vec<String>,
-    /// Only golden cases whose name matches (substring, or a glob with *).
-    #[arg(long, value_name = "PATTERN")]
-    case: Option<String>,
-    /// auto: CUDA where a GPU is present, else the CPU emulation.
-    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<Choice>())]
-    backend: Choice,
-    /// Golden directory (holds manifest.json). Default: golden/data, or $FUSEGATE_GOLDEN_DIR.
-    #[arg(long, value_name = "DIR")]
-    golden: Option<PathBuf>,
+    #[command(flatten)]
+    cases: CaseArgs,
     /// Results file (a .md table is written beside it). Default: resolution-<backend>.json in the
     /// results folder (on a GPU under <gpu>/); a run narrowed by --variant, --case or --golden:
     /// resolution-<backend>-partial.json, beside and never over the whole run's table.
@@ -37,7 +30,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let partial = !a.variants.is_empty() || a.case.is_some() || a.golden.is_some();
+    let partial = !a.variants.is_empty() || !a.cases.narrowing().is_empty();
     let variants: Vec<EntryId> = if a.variants.is_empty() {
         registry::variants().map(|e| e.id).collect()
     } else {
@@ -58,20 +51,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(json) = &a.json {
         prepare_output(json).with_context(|| format!("writing {}", json.display()))?;
     }
-    let (slot, notes) = conform::resolve_backend(a.backend)?;
+    let (slot, notes) = conform::resolve_backend(a.cases.backend)?;
     let backend = slot.backend.map_err(anyhow::Error::msg)?;
-    let dir = a.golden.clone().unwrap_or_else(Manifest::default_dir);
+    let dir = a.cases.golden.clone().unwrap_or_else(Manifest::default_dir);
     let manifest = Manifest::load(&dir)?;
     let cases: Vec<String> = manifest
         .cases
         .iter()
-        .filter(|c| a.case.as_deref().is_none_or(|p| conform::matches(p, &c.name)))
+        .filter(|c| a.cases.case.as_deref().is_none_or(|p| conform::matches(p, &c.name)))
         .map(|c| c.name.clone())
         .collect();
     anyhow::ensure!(
         !cases.is_empty(),
         "--case {:?}: no golden case in {} matches",
-        a.case.unwrap_or_default(),
+        a.cases.case.unwrap_or_default(),
         dir.display()
     );
     for n in notes {
