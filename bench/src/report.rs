@@ -5,6 +5,7 @@ mod plot;
 
 pub use plot::plot_svg;
 
+use crate::noise::NoiseThreshold;
 use crate::roofline;
 use crate::schema::{BaselineId, BenchRun, Cache, Launch, Measurement};
 use crate::select::Decision;
@@ -188,11 +189,12 @@ fn write_alternative_targets(s: &mut String, run: &BenchRun, d: &Decision) {
             let r = m.time_us.median / alt;
             let _ = writeln!(
                 s,
-                "- T={t}, cold, serial: the dispatch's `{}` {:.2} us = {r:.3}x the strongest alternative `{}` {alt:.2} us (target <= 1.0: {})",
+                "- T={t}, cold, serial: the dispatch's `{}` {:.2} us = {r:.3}x the strongest alternative `{}` {alt:.2} us (target <= 1.0: {}){}",
                 m.variant,
                 m.time_us.median,
                 best.name,
-                verdict(r <= 1.0)
+                verdict(r <= 1.0),
+                level_note(r)
             );
         }
         if t <= 8
@@ -211,12 +213,29 @@ fn write_alternative_targets(s: &mut String, run: &BenchRun, d: &Decision) {
             let r = std.time_us.median / c.time_us.median;
             let _ = writeln!(
                 s,
-                "- T={t}, cold: the standard path {:.2} us = {r:.3}x torch.compile in a graph {:.2} us (target <= 1.05: {})",
+                "- T={t}, cold: the standard path {:.2} us = {r:.3}x torch.compile in a graph {:.2} us (target <= 1.05: {}){}",
                 std.time_us.median,
                 c.time_us.median,
-                verdict(r <= 1.05)
+                verdict(r <= 1.05),
+                level_note(r)
             );
         }
+    }
+}
+
+/// ", level with it: within the run-to-run noise of both (N%)" where a cold ratio of one of ours to
+/// an alternative's is that close to 1 (`noise::NoiseThreshold::tie_band`), else nothing: a
+/// verdict either side of 1 by less than that is not a difference.
+fn level_note(ratio: f64) -> String {
+    let band = NoiseThreshold::tie_band(
+        &NoiseThreshold::default(),
+        &NoiseThreshold::alternatives_h200_measured(),
+        Cache::Cold,
+    );
+    if (ratio - 1.0).abs() <= band {
+        format!("; level with it: within the run-to-run noise of both ({:.0}%)", 100.0 * band)
+    } else {
+        String::new()
     }
 }
 
@@ -238,8 +257,13 @@ fn write_mma_sync_bound(s: &mut String, run: &BenchRun) {
             (None, Some(b)) => (b.name.to_string(), b.time_us.median),
             (None, None) => continue,
         };
+        let compute_us = roofline::flops(&Shape::qwen3_06b(t)) / rate * 1e6;
         let how = if bound < best.1 {
-            format!("a fused mma.sync prefill could be at most {:.2}x faster", best.1 / bound)
+            format!(
+                "a fused mma.sync prefill could be at most {:.2}x faster, and only above {:.0}% of that rate",
+                best.1 / bound,
+                100.0 * compute_us / best.1
+            )
         } else {
             format!("no mma.sync kernel can win (the bound is {:.2}x that)", bound / best.1)
         };
@@ -431,5 +455,16 @@ mod tests {
         );
         assert!(line(128).contains("`standard` 7.64 us: a fused mma.sync prefill could be at most"), "{md}");
         assert!(!md.contains("- T=32, cold: any mma.sync kernel"), "decode is not prefill: {md}");
+    }
+
+    /// The tie band is 2% (ours, cold) + 7% (the alternatives', cold) = 9% either side of 1.
+    #[test]
+    fn a_ratio_within_both_runs_noise_reads_as_level() {
+        for level in [0.994, 0.92, 1.08] {
+            assert_eq!(level_note(level), "; level with it: within the run-to-run noise of both (9%)", "{level}");
+        }
+        for apart in [0.815, 0.90, 1.10] {
+            assert_eq!(level_note(apart), "", "{apart}");
+        }
     }
 }
