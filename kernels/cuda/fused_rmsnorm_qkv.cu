@@ -34,8 +34,7 @@
 // name (e.g. fusegate_mixed) is the t64 config and works for any T and H; __t16 / __t32 / __t64
 // / __t128 name the specialisations the Rust side picks by T. The decode kernels (__dec16,
 // __dec32, few tokens, H % 8 == 0) have their own rule, beside them in decode.cuh (`decode_plan`).
-// The families live in tiles.cuh, decode.cuh and prefill.cuh (__p64 / __p128: the GEMM operand
-// resident in shared memory, for T above the decode kernels), spliced in like common.cuh.
+// The two families live in tiles.cuh and decode.cuh, spliced in like common.cuh.
 #include "common.cuh"
 
 namespace fg {
@@ -56,7 +55,6 @@ __device__ __forceinline__ int ks_lo(int s, int nch) { return s * nch / KSLICES;
 
 #include "tiles.cuh"
 #include "decode.cuh"
-#include "prefill.cuh"
 
 // ------------------------------------------------------------------------------------------------
 // The registry's kernels. One line per variant or mutant; each expands to the generic entry
@@ -75,17 +73,10 @@ __device__ __forceinline__ int ks_lo(int s, int nch) { return s * nch / KSLICES;
     FG_KERNEL(NAME##__t32, NAME##_body, fg::MmaT32)                                                \
     FG_KERNEL(NAME##__t64, NAME##_body, fg::MmaT64)                                                \
     FG_KERNEL(NAME##__t128, NAME##_body, fg::MmaT128)                                              \
-    FG_AR_KERNEL(NAME##__p64, NORM, FAULT, fg::ArP64)                                              \
-    FG_AR_KERNEL(NAME##__p128, NORM, FAULT, fg::ArP128)                                            \
     FG_DV_KERNEL(NAME##__dec16, NORM, FAULT, 1, CHAINS, true, 2)                                   \
     FG_DV_KERNEL(NAME##__dec32, NORM, FAULT, 2, CHAINS, true, 1)                                   \
     FG_DV_KERNEL(NAME##__dec16r, NORM, FAULT, 1, CHAINS, false, 1)                                 \
     FG_DV_KERNEL(NAME##__dec32r, NORM, FAULT, 2, CHAINS, false, 1)
-
-#define FG_AR_KERNEL(NAME, NORM, FAULT, CFG)                                                       \
-    extern "C" __global__ void __launch_bounds__(CFG::THREADS) NAME(FG_PARAMS) {                   \
-        fg::ar_kernel<NORM, FAULT, CFG>(FG_ARGS);                                                  \
-    }
 
 // MINB: blocks per SM the registers must allow (2: one of the next grid beside a running one).
 #define FG_DV_KERNEL(NAME, NORM, FAULT, MT, CHAINS, WSMEM, MINB)                                   \

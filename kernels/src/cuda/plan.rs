@@ -40,27 +40,6 @@ pub const MMA_TILES: [Tile; 4] = [
     mma_tile("__t128", 128, 128, 8, 64, 4),
 ];
 
-/// `ArCfg<BT, BN, WT, WN, BK, S>` (prefill.cuh): `smem` holds only the W ring; the resident
-/// operand adds BT rows of H ([`prefill_tile`] says the whole).
-const fn ar_tile(suffix: &'static str, bt: u32, bn: u32, warps: u32, bk: u32, stages: u32) -> Tile {
-    Tile { suffix, bt, bn, threads: warps * 32, smem: stages * bn * bk * 2 }
-}
-
-/// The operand-resident prefill specialisations: 64 x 64 (mid-size T), 64 x 128.
-pub const AR_TILES: [Tile; 2] = [ar_tile("__p64", 64, 64, 8, 64, 4), ar_tile("__p128", 64, 128, 8, 64, 4)];
-
-/// Largest T of the 64 x 64 prefill tile (the 64 x 128 one above).
-pub const AR_P64_MAX_T: usize = 256;
-
-/// The operand-resident prefill kernel for a tensor-core entry at `s`, with its whole dynamic
-/// shared memory (W ring plus BT rows of H rounded up to 64 elements): where the decode kernels
-/// decline, H % 8 == 0 and the block fits `max_smem` (else `None`: the tile kernels).
-pub fn prefill_tile(fp32: bool, s: &Shape, max_smem: usize) -> Option<Tile> {
-    let tile = if s.t <= AR_P64_MAX_T { AR_TILES[0] } else { AR_TILES[1] };
-    let smem = tile.smem as usize + tile.bt as usize * s.h.div_ceil(64) * 64 * 2;
-    (!fp32 && s.h.is_multiple_of(8) && smem + 1024 <= max_smem).then_some(Tile { smem: smem as u32, ..tile })
-}
-
 /// fp32 (CUDA-core) specialisations, smallest first.
 pub const F32_TILES: [Tile; 4] = [
     f32_tile("__t8", 8, 32, 2, 2, 64, 6),
@@ -244,8 +223,7 @@ impl Route {
 
 /// What runs `entry` at `s` on a device with `max_smem` bytes of opt-in shared memory per block,
 /// under `rule`: fused entries go to a decode kernel where [`decode_plan_with`] accepts the shape,
-/// else to [`prefill_tile`]'s where it does, else to [`pick_tile`]'s tile. `None`: the entry has
-/// no CUDA implementation.
+/// else to [`pick_tile`]'s tile. `None`: the entry has no CUDA implementation.
 pub fn route(entry: &Entry, s: &Shape, max_smem: usize, rule: DecodeRule) -> Option<Route> {
     match entry.cuda {
         CudaImpl::None => None,
@@ -254,7 +232,7 @@ pub fn route(entry: &Entry, s: &Shape, max_smem: usize, rule: DecodeRule) -> Opt
             let fp32 = entry.numerics.norm == NormRounding::Fp32;
             Some(match decode_plan_with(fp32, s, max_smem, rule) {
                 Some(plan) => Route::Decode(plan),
-                None => Route::Tile(prefill_tile(fp32, s, max_smem).unwrap_or_else(|| pick_tile(fp32, s.t))),
+                None => Route::Tile(pick_tile(fp32, s.t)),
             })
         }
     }
@@ -281,7 +259,7 @@ pub fn route_boundaries(entry: &Entry, dims: &Dims, max_smem: usize, rule: Decod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::source::{PREFILL_CUH, Source, TILES_CUH};
+    use crate::cuda::source::{Source, TILES_CUH};
 
     /// The fused source as NVRTC sees it (headers spliced in).
     fn fused() -> String {
@@ -308,13 +286,6 @@ mod tests {
             assert!(TILES_CUH.contains(cfg), "{cfg}");
             assert!(cfg.ends_with(&format!("T{}", tile.bt)), "{cfg} vs {tile:?}");
             assert!(tile.smem <= 227 * 1024);
-        }
-        for (tile, name) in AR_TILES.iter().zip(["ArP64", "ArP128"]) {
-            let cfg = format!("ArCfg<{}, {}, 2, 4, 64, 4> {name}", tile.bt, tile.bn);
-            assert!(PREFILL_CUH.contains(&cfg), "{cfg}");
-            assert_eq!(tile.smem, 4 * tile.bn * 64 * 2, "{cfg}: the ring only");
-            let wrapper = format!("FG_AR_KERNEL(NAME##{}, NORM, FAULT, fg::{name})", tile.suffix);
-            assert!(fused().contains(&wrapper), "{wrapper}");
         }
     }
 

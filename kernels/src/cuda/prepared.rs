@@ -232,9 +232,7 @@ impl Cuda {
                 (func, Geometry { grid: dec.grid, block: dec.threads, smem: dec.smem }, per_sm)
             }
             Route::Tile(tile) => {
-                // The opt-in limit, not this tile's: a prefill tile's shared memory grows with H,
-                // and the function (cached by name) serves every H.
-                let func = self.function(Source::Fused, Some(kernel), &name, (self.max_smem - 1024) as u32)?;
+                let func = self.function(Source::Fused, Some(kernel), &name, tile.smem)?;
                 let per_sm = occupancy(&func, &name, tile.threads, tile.smem)?;
                 let grid = grid_for(tile, s, self.sms * per_sm);
                 (func, Geometry { grid, block: tile.threads, smem: tile.smem }, per_sm)

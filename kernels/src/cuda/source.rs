@@ -17,8 +17,6 @@ pub const FUSED_CU: &str = include_str!("../../cuda/fused_rmsnorm_qkv.cu");
 pub const TILES_CUH: &str = include_str!("../../cuda/tiles.cuh");
 /// The fused decode kernels, spliced into [`FUSED_CU`].
 pub const DECODE_CUH: &str = include_str!("../../cuda/decode.cuh");
-/// The fused prefill kernels (operand resident in shared memory), spliced into [`FUSED_CU`].
-pub const PREFILL_CUH: &str = include_str!("../../cuda/prefill.cuh");
 /// The standard path's HF RMSNorm and q/k/v split kernels.
 pub const RMSNORM_CU: &str = include_str!("../../cuda/rmsnorm.cu");
 pub const PROBES_CU: &str = include_str!("../../cuda/probes.cu");
@@ -27,8 +25,7 @@ pub const PROBES_CU: &str = include_str!("../../cuda/probes.cu");
 pub const DECODER_CU: &str = include_str!("../../cuda/decoder.cu");
 
 /// The headers a source may include, by name: NVRTC sees them spliced in, never looks one up.
-const HEADERS: [(&str, &str); 4] =
-    [("common.cuh", COMMON_CUH), ("tiles.cuh", TILES_CUH), ("decode.cuh", DECODE_CUH), ("prefill.cuh", PREFILL_CUH)];
+const HEADERS: [(&str, &str); 3] = [("common.cuh", COMMON_CUH), ("tiles.cuh", TILES_CUH), ("decode.cuh", DECODE_CUH)];
 
 /// One `.cu` file of `kernels/cuda` (one per op family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
