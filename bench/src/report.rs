@@ -403,6 +403,22 @@ mod tests {
         // figures are not drawn (not comparable).
         assert_eq!(svg.matches("<circle").count(), 34 + 7);
         assert!(!svg.contains("torch-eager"));
+        assert!(!svg.contains("mma.sync"), "no bound without the measured rate");
+    }
+
+    /// With the mma.sync rate measured, its bound is one more reference line with a point per T.
+    #[test]
+    fn the_plot_draws_the_mma_sync_bound_where_the_rate_was_measured() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/nvidia-h200/bench-20261130T234607Z.json");
+        let run = BenchRun::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(run.ceilings.mma_sync_flops.is_some());
+        let with = plot_svg(&run).unwrap();
+        assert!(with.contains("\nany mma.sync kernel (bound)\n</text>"), "no legend entry");
+        let mut without = run.clone();
+        without.ceilings.mma_sync_flops = None;
+        let without = plot_svg(&without).unwrap();
+        assert_eq!(with.matches("<circle").count(), without.matches("<circle").count() + run.config.tokens.len());
     }
 
     /// The committed H200 run with graph-timed baselines (60e52cc): the strongest alternative is

@@ -1,8 +1,10 @@
 //! latency.svg: cold-L2 median latency (us, log) against T (log) per variant and launch regime,
-//! with the graph-timed baselines and the floor as thin reference lines.
+//! with the graph-timed baselines, the floor and the mma.sync bound as thin reference lines.
 
 use super::label;
+use crate::roofline;
 use crate::schema::{BaselineId, BenchRun, Cache, Measurement};
+use fusegate_kernels::Shape;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -80,7 +82,8 @@ fn ranges(run: &BenchRun, cold: &[&Measurement]) -> ((f64, f64), (f64, f64)) {
 }
 
 /// A line per measured label (variant, chained apart) in label order, the graph-timed baselines
-/// (timed as fusegate's kernels are; host-launched figures are not comparable and not drawn), the floor.
+/// (timed as fusegate's kernels are; host-launched figures are not comparable and not drawn), the
+/// floor, and the mma.sync bound where the run has that ceiling.
 fn series(run: &BenchRun, cold: &[&Measurement]) -> Vec<Series> {
     let mut labels: Vec<String> = cold.iter().map(|m| label(m)).collect();
     labels.sort();
@@ -112,5 +115,13 @@ fn series(run: &BenchRun, cold: &[&Measurement]) -> Vec<Series> {
     floor.sort_by(|a, b| a.0.total_cmp(&b.0));
     floor.dedup_by(|a, b| a.0 == b.0);
     series.push(Series { name: "floor (speed of light)".into(), points: floor, color: BLACK, reference: true });
+    let run_ts = run.config.tokens.iter();
+    let bound: Vec<(f64, f64)> = run_ts
+        .filter_map(|&t| roofline::mma_sync_floor_s(&Shape::qwen3_06b(t), &run.ceilings).map(|s| (t as f64, s * 1e6)))
+        .collect();
+    if !bound.is_empty() {
+        let name = "any mma.sync kernel (bound)".into();
+        series.push(Series { name, points: bound, color: RGBColor(227, 119, 194), reference: true });
+    }
     series
 }
