@@ -372,6 +372,11 @@ pub fn measure_ceilings(cuda: &Cuda) -> Result<Ceilings> {
     Ok(Ceilings { bandwidth, bf16_flops, mma_sync_flops })
 }
 
+/// A value in [-1, 1] in steps of 0.001, as bf16: the rate probes' operands.
+fn random_bf16(rng: &mut synth::Rng) -> bf16 {
+    bf16::from_f32((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -394,7 +399,7 @@ fn copy_bandwidth(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f6
 /// mma.sync's bf16 rate: the best median over one block per SM of 4 to 32 warps (one to eight
 /// per scheduler), each launch doing the same flops (~0.3 ms at 600 TFLOP/s).
 fn mma_sync_rate(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f64> {
-    let frags: Vec<bf16> = (0..512).map(|_| bf16::from_f32((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)).collect();
+    let frags: Vec<bf16> = (0..512).map(|_| random_bf16(rng)).collect();
     let mut best = 0.0f64;
     for warps in [4u32, 8, 16, 32] {
         let probe = cuda.mma_rate_probe(&frags, warps)?;
@@ -424,7 +429,7 @@ fn mma_sync_rate(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f64
 fn gemm_rate(cuda: &Cuda, timer: &Timer, rng: &mut synth::Rng) -> Result<f64> {
     let stream = cuda.stream();
     let m = 8192usize;
-    let vals: Vec<bf16> = (0..m * m).map(|_| bf16::from_f32((rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)).collect();
+    let vals: Vec<bf16> = (0..m * m).map(|_| random_bf16(rng)).collect();
     let a = stream.clone_htod(&vals).map_err(dev("allocating GEMM operands"))?;
     let b = stream.clone_htod(&vals).map_err(dev("allocating GEMM operands"))?;
     let mut c = stream.alloc_zeros::<bf16>(m * m).map_err(dev("allocating GEMM output"))?;

@@ -4,6 +4,7 @@
 //! bench reports both ceilings, and a T where this bound exceeds the standard path's measured
 //! time is a T where no mma.sync kernel can beat it.
 
+use cudarc::driver::CudaFunction;
 use half::bf16;
 
 use super::args::{Geometry, KernelArgs, launch};
@@ -22,6 +23,8 @@ pub struct MmaRateProbe {
     /// 64 16-byte units: lane l's A fragment at l, its B fragment at 32 + l.
     frags: DevBuf<bf16>,
     sums: DevBuf<f32>,
+    /// Loaded here, so that a timed launch does no lookup.
+    func: CudaFunction,
     blocks: u32,
     warps: u32,
 }
@@ -40,6 +43,7 @@ impl Cuda {
         Ok(MmaRateProbe {
             frags: self.upload(frags, "mma rate fragments")?,
             sums: self.alloc((blocks * warps * 32) as usize, "mma rate sums")?,
+            func: self.function(Source::Probes, None, "fusegate_mma_rate", 0)?,
             blocks,
             warps,
         })
@@ -48,13 +52,12 @@ impl Cuda {
     /// Enqueues one launch of `probe` in which each warp runs `rounds` rounds; returns the flops
     /// it does.
     pub fn enqueue_mma_rate(&self, probe: &MmaRateProbe, rounds: u32) -> Result<f64, BackendError> {
-        let func = self.function(Source::Probes, None, "fusegate_mma_rate", 0)?;
         let st = &self.stream;
         let args = KernelArgs::new().ptr(probe.frags.ptr(st)).ptr(probe.sums.ptr(st)).i32(rounds as i32);
         let g = Geometry { grid: (probe.blocks, 1, 1), block: probe.warps * 32, smem: 0 };
         // SAFETY: fusegate_mma_rate(const uint4* frags, float* out, int rounds): frags holds 64
         // 16-byte units (512 bf16, DevBuf is 16-byte aligned), out one float per launched thread.
-        unsafe { launch(func.cu_function(), g, st.cu_stream(), args, false) }
+        unsafe { launch(probe.func.cu_function(), g, st.cu_stream(), args, false) }
             .map_err(|e| device_err("launching fusegate_mma_rate", e))?;
         Ok(f64::from(probe.blocks * probe.warps) * f64::from(rounds) * f64::from(CHAINS) * FLOPS_PER_MMA)
     }
